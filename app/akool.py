@@ -1,0 +1,166 @@
+"""The Akool client. Every answer is classified here, in one place, into a `PollResult`.
+
+PollResult.kind
+├── OK            code 1000: `data` is the job as Akool sees it (a failed job is OK too)
+├── NOT_FOUND     1008 / 1014: this id is unknown (fails the job only after the grace)
+├── THROTTLED     1005: slow the whole process down
+├── AUTH_FAILED   1101 / 1102 / 1200 / 1009: our credentials; pauses polling for everyone
+├── BILLING       1103 / 1104 / 1006 / 1213 / 1221: the account; pauses polling for everyone
+└── TRANSIENT     2001, other codes, non-200, timeouts, connection errors, bodies that are not
+                  the envelope: conclude nothing, try this job again later
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from app.config import Settings
+
+INFO_PATH = "/api/open/v3/content/video/infobymodelid"
+TOKEN_PATH = "/api/open/v3/getToken"
+
+CODE_OK = 1000
+
+
+class Kind(StrEnum):
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    THROTTLED = "throttled"
+    AUTH_FAILED = "auth_failed"
+    BILLING = "billing"
+    TRANSIENT = "transient"
+
+
+CODES: dict[int, Kind] = {
+    1005: Kind.THROTTLED,
+    1101: Kind.AUTH_FAILED,
+    1102: Kind.AUTH_FAILED,
+    1200: Kind.AUTH_FAILED,
+    1009: Kind.AUTH_FAILED,
+    1008: Kind.NOT_FOUND,
+    1014: Kind.NOT_FOUND,
+    1103: Kind.BILLING,
+    1104: Kind.BILLING,
+    1006: Kind.BILLING,
+    1213: Kind.BILLING,
+    1221: Kind.BILLING,
+}
+
+# Kinds that say something about our account rather than one job: they pause polling.
+PAUSING = frozenset({Kind.AUTH_FAILED, Kind.BILLING})
+
+
+@dataclass(frozen=True)
+class PollResult:
+    kind: Kind
+    data: dict[str, Any] | None = None
+    code: int | None = None
+    detail: str = ""  # short, safe to show on the dashboard (never contains credentials)
+    latency: float = 0.0
+
+
+def classify(status_code: int, body: Any) -> PollResult:
+    """Turn one HTTP answer (status and decoded JSON, or None when it was not JSON) into a result."""
+    if status_code == 401:
+        return PollResult(Kind.AUTH_FAILED, code=None, detail="HTTP 401")
+    if status_code != 200:
+        return PollResult(Kind.TRANSIENT, detail=f"HTTP {status_code}")
+    if not isinstance(body, dict) or not isinstance(body.get("code"), int) or isinstance(body["code"], bool):
+        return PollResult(Kind.TRANSIENT, detail="answer is not Akool's envelope")
+    code: int = body["code"]
+    msg = str(body.get("msg") or "")[:200]
+    if code == CODE_OK:
+        data = body.get("data")
+        if not isinstance(data, dict):
+            return PollResult(Kind.TRANSIENT, code=code, detail="code 1000 without a data object")
+        return PollResult(Kind.OK, data=data, code=code)
+    return PollResult(CODES.get(code, Kind.TRANSIENT), code=code, detail=f"code {code}: {msg}".strip())
+
+
+class AkoolClient:
+    """One shared httpx client; API key or cached getToken token, fetched again on 1101 / HTTP 401."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._http = http
+        self._token: str | None = None
+        self._token_lock = asyncio.Lock()
+
+    @property
+    def uses_token(self) -> bool:
+        return self._settings.akool_client_id is not None
+
+    async def _headers(self) -> dict[str, str]:
+        if self.uses_token:
+            return {"Authorization": f"Bearer {await self._get_token()}"}
+        key = self._settings.akool_api_key
+        return {"x-api-key": key.get_secret_value()} if key is not None else {}
+
+    async def _get_token(self) -> str:
+        async with self._token_lock:
+            if self._token is None:
+                secret = self._settings.akool_client_secret
+                response = await self._http.post(
+                    self._settings.akool_base_url + TOKEN_PATH,
+                    json={
+                        "clientId": self._settings.akool_client_id,
+                        "clientSecret": secret.get_secret_value() if secret else "",
+                    },
+                )
+                body = _json_or_none(response)
+                token = body.get("token") if isinstance(body, dict) else None
+                accepted = (
+                    response.status_code == 200 and isinstance(body, dict) and body.get("code") == CODE_OK
+                )
+                if not accepted or not isinstance(token, str):
+                    raise TokenRefused(classify(response.status_code, body))
+                self._token = token
+            return self._token
+
+    async def fetch(self, video_model_id: str) -> PollResult:
+        """Ask Akool about one job. Never raises for upstream trouble: it is all in the result."""
+        started = time.perf_counter()
+        result = await self._fetch_once(video_model_id)
+        if result.kind == Kind.AUTH_FAILED and self.uses_token and result.code in (1101, None):
+            self._token = None  # the token expired or was revoked: fetch a new one and ask again once
+            result = await self._fetch_once(video_model_id)
+        return PollResult(result.kind, result.data, result.code, result.detail, time.perf_counter() - started)
+
+    async def _fetch_once(self, video_model_id: str) -> PollResult:
+        try:
+            headers = await self._headers()
+            response = await self._http.get(
+                self._settings.akool_base_url + INFO_PATH,
+                params={"video_model_id": video_model_id},
+                headers=headers,
+            )
+        except TokenRefused as exc:
+            return exc.result
+        except httpx.TimeoutException:
+            return PollResult(Kind.TRANSIENT, detail="timeout")
+        except httpx.HTTPError as exc:
+            return PollResult(Kind.TRANSIENT, detail=f"{type(exc).__name__}")
+        return classify(response.status_code, _json_or_none(response))
+
+
+class TokenRefused(Exception):
+    def __init__(self, result: PollResult) -> None:
+        super().__init__(result.detail)
+        self.result = (
+            result
+            if result.kind != Kind.OK
+            else PollResult(Kind.AUTH_FAILED, detail="getToken gave no token")
+        )
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,104 @@
+"""The jobs API (SPEC §3). Thin: validation in schemas, database work in jobstore."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app import jobstore
+from app.api.deps import Authorized, RelayDep
+from app.errors import CallbackConflict, field_error
+from app.models import JobStatus
+from app.netguard import UnsafeCallbackURL, check_callback_url
+from app.schemas import BatchItem, BatchResult, JobBatch, JobCreate, JobDetail, JobPublic, JobsPage, JobUpdate
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized])
+
+
+async def _check_callback(relay: RelayDep, url: str) -> None:
+    try:
+        await check_callback_url(url, allow_private=relay.settings.allow_private_callbacks)
+    except UnsafeCallbackURL as exc:
+        raise field_error("callback_url", str(exc), url) from None
+
+
+@router.post("", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, 409: {}})
+async def create_job(spec: JobCreate, relay: RelayDep, response: Response) -> JobPublic:
+    await _check_callback(relay, spec.callback_url)
+    [(status, job)] = await jobstore.register(relay.db, relay.settings, [spec])
+    if status == 409:
+        raise CallbackConflict()
+    response.status_code = status
+    if status == 201:
+        relay.poller.pump.wake()
+    return jobstore.public(job)
+
+
+@router.post("/batch", response_model=BatchResult)
+async def create_jobs(batch: JobBatch, relay: RelayDep) -> BatchResult:
+    items: list[BatchItem | None] = []
+    valid: list[tuple[int, JobCreate]] = []
+    for index, raw in enumerate(batch.jobs):
+        try:
+            spec = JobCreate.model_validate(raw)
+            await check_callback_url(spec.callback_url, allow_private=relay.settings.allow_private_callbacks)
+        except ValidationError as exc:
+            items.append(BatchItem(status=422, detail=exc.errors(include_url=False, include_context=False)))
+            continue
+        except UnsafeCallbackURL as exc:
+            items.append(BatchItem(status=422, detail=[{"loc": ["callback_url"], "msg": str(exc)}]))
+            continue
+        items.append(None)
+        valid.append((index, spec))
+    if valid:
+        registered = await jobstore.register(relay.db, relay.settings, [spec for _, spec in valid])
+        for (index, _), (status, job) in zip(valid, registered, strict=True):
+            detail = CallbackConflict.default_detail if status == 409 else None
+            items[index] = BatchItem(status=status, job=jobstore.public(job), detail=detail)
+        relay.poller.pump.wake()
+    return BatchResult(results=[i for i in items if i is not None])
+
+
+@router.get("", response_model=JobsPage)
+async def list_jobs(
+    relay: RelayDep,
+    status: Annotated[list[JobStatus] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobsPage:
+    after = None
+    if cursor is not None:
+        try:
+            after = jobstore.decode_cursor(cursor)
+        except ValueError as exc:
+            raise field_error("cursor", str(exc), cursor) from None
+    return await jobstore.page(relay.db, status or [], limit, after)
+
+
+@router.get("/{video_model_id}", response_model=JobDetail, response_model_by_alias=True)
+async def get_job(video_model_id: str, relay: RelayDep) -> JobDetail:
+    return await jobstore.detail(relay.db, video_model_id)
+
+
+@router.patch("/{video_model_id}", response_model=JobPublic)
+async def update_job(video_model_id: str, change: JobUpdate, relay: RelayDep) -> JobPublic:
+    if change.callback_url is not None:
+        await _check_callback(relay, change.callback_url)
+    return jobstore.public(await jobstore.update(relay.db, video_model_id, change))
+
+
+@router.delete("/{video_model_id}", status_code=204, response_class=Response)
+async def cancel_job(video_model_id: str, relay: RelayDep) -> Response:
+    await jobstore.cancel(relay.db, relay.settings, video_model_id)
+    return Response(status_code=204)
+
+
+@router.post("/{video_model_id}/redeliver", status_code=202)
+async def redeliver(video_model_id: str, relay: RelayDep) -> JSONResponse:
+    event = await jobstore.redeliver(relay.db, video_model_id)
+    relay.outbox.pump.wake()
+    body: dict[str, Any] = {"webhook_id": event.webhook_id, "type": event.type, "state": event.state}
+    return JSONResponse(body, status_code=202)

@@ -1,0 +1,106 @@
+"""The `akool-relay` command: serve, migrate, demo, simulator, webhook-secret."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+
+from app.config import ConfigError, Settings, load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="akool-relay", description="Relay Akool job outcomes to your webhook."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP API and the pollers (RELAY_HOST, RELAY_PORT)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub.add_parser("migrate", help="apply the database migrations (DATABASE_URL) and exit")
+    demo = sub.add_parser(
+        "demo", help="simulator + relay + receiver on this machine; no Akool account needed"
+    )
+    demo.add_argument("--jobs", type=int, default=5, help="how many jobs to register (default 5)")
+    sim = sub.add_parser("simulator", help="run the stand-in Akool API alone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9000)
+    sim.add_argument("--queue-seconds", type=float, default=2.0)
+    sim.add_argument("--process-seconds", type=float, default=8.0)
+    sim.add_argument("--api-key", default=None, help="require this x-api-key")
+    sub.add_parser("webhook-secret", help="print the secret callbacks are signed with")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "simulator":
+            return _simulator(args)
+        if args.command == "demo":
+            from app.demo import run_demo
+
+            return asyncio.run(run_demo(jobs=args.jobs))
+        settings = load_settings()
+        if args.command == "serve":
+            return _serve(settings, args.log_level)
+        if args.command == "migrate":
+            from app.migrate import upgrade_to_head
+
+            upgrade_to_head(settings.database_url)
+            print("database is at the latest migration")
+            return 0
+        if args.command == "webhook-secret":
+            print(asyncio.run(_webhook_secret(settings)))
+            return 0
+    except ConfigError as exc:
+        print(f"akool-relay: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _serve(settings: Settings, log_level: str) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=15,
+    )
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from app.simulator import SimulatorConfig, run_simulator
+
+    config = SimulatorConfig(
+        queue_seconds=args.queue_seconds, process_seconds=args.process_seconds, api_key=args.api_key
+    )
+    print(f"Akool simulator on http://{args.host}:{args.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_simulator(args.host, args.port, config))
+    return 0
+
+
+async def _webhook_secret(settings: Settings) -> str:
+    from app.db import Database
+    from app.migrate import upgrade_to_head
+    from app.relay import ensure_webhook_secret
+
+    if settings.is_sqlite:
+        await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        return await ensure_webhook_secret(db, settings)
+    finally:
+        await db.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

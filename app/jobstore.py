@@ -1,0 +1,259 @@
+"""What the API does to the database: register, read, change, cancel, redeliver.
+
+Routes stay thin; everything here raises `errors.RelayError` subclasses for the client's mistakes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db import Database
+from app.errors import JobNotFound, NothingToRedeliver
+from app.models import Attempt, Event, EventState, Job, JobStatus, Transition, UpstreamHealth, utcnow
+from app.record import write_decision
+from app.schemas import (
+    AttemptPublic,
+    DeliveryPublic,
+    JobCreate,
+    JobDetail,
+    JobPublic,
+    JobsPage,
+    JobUpdate,
+    Summary,
+    TransitionPublic,
+    UpstreamSummary,
+)
+from app.states import Cancelled, JobView, decide
+
+
+def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str, Any]:
+    return {
+        "video_model_id": spec.video_model_id,
+        "status": JobStatus.PENDING.value,
+        "callback_url": spec.callback_url,
+        "events": list(spec.events),
+        "client_metadata": spec.metadata,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + timedelta(seconds=settings.job_timeout),
+        "next_poll_at": now,  # poll it right away
+        "poll_interval": settings.poll_interval_min,
+        "poll_count": 0,
+        "not_found_count": 0,
+        "delivery": "none",
+    }
+
+
+async def register(db: Database, settings: Settings, specs: Sequence[JobCreate]) -> list[tuple[int, Job]]:
+    """Track each job; returns (201 new | 200 already tracked alike, job) per spec, in order.
+
+    A conflict (tracked with another callback URL) is (409, existing job).
+    """
+    try:
+        return await _register_once(db, settings, specs)
+    except IntegrityError:
+        # Another replica registered one of these ids at the same moment; now we will see it.
+        return await _register_once(db, settings, specs)
+
+
+async def _register_once(
+    db: Database, settings: Settings, specs: Sequence[JobCreate]
+) -> list[tuple[int, Job]]:
+    now = utcnow()
+    ids = {s.video_model_id for s in specs}
+    async with db.write() as session:
+        existing = {
+            j.video_model_id: j
+            for j in (await session.execute(sa.select(Job).where(Job.video_model_id.in_(ids)))).scalars()
+        }
+        rows: list[dict[str, Any]] = []
+        results: list[tuple[int, Job]] = []
+        for spec in specs:
+            job = existing.get(spec.video_model_id)
+            if job is None:
+                row = new_job_row(spec, now, settings)
+                rows.append(row)
+                job = Job(**row)
+                existing[spec.video_model_id] = job
+                results.append((201, job))
+            else:
+                results.append((200 if job.callback_url == spec.callback_url else 409, job))
+        if rows:
+            await session.execute(sa.insert(Job), rows)
+    return results
+
+
+def public(job: Job) -> JobPublic:
+    return JobPublic.of(job)
+
+
+async def get_job(session: AsyncSession, video_model_id: str, *, for_update: bool = False) -> Job:
+    stmt = sa.select(Job).where(Job.video_model_id == video_model_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    job = (await session.execute(stmt)).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound()
+    return job
+
+
+async def detail(db: Database, video_model_id: str) -> JobDetail:
+    async with db.read() as session:
+        job = await get_job(session, video_model_id)
+        transitions = (
+            await session.execute(
+                sa.select(Transition).where(Transition.job_id == job.id).order_by(Transition.id)
+            )
+        ).scalars()
+        events = list(
+            (
+                await session.execute(sa.select(Event).where(Event.job_id == job.id).order_by(Event.id))
+            ).scalars()
+        )
+        attempts: dict[int, list[AttemptPublic]] = {}
+        if events:
+            rows = await session.execute(
+                sa.select(Attempt).where(Attempt.event_id.in_([e.id for e in events])).order_by(Attempt.id)
+            )
+            for a in rows.scalars():
+                attempts.setdefault(a.event_id, []).append(
+                    AttemptPublic(
+                        at=a.at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms
+                    )
+                )
+    return JobDetail(
+        **public(job).model_dump(),
+        transitions=[
+            TransitionPublic(from_status=t.from_status, to_status=t.to_status, at=t.at, progress=t.progress)
+            for t in transitions
+        ],
+        deliveries=[
+            DeliveryPublic(
+                webhook_id=e.webhook_id,
+                type=e.type,
+                state=e.state,
+                created_at=e.created_at,
+                next_attempt_at=e.next_attempt_at,
+                delivered_at=e.delivered_at,
+                attempts=attempts.get(e.id or 0, []),
+            )
+            for e in events
+        ],
+    )
+
+
+async def update(db: Database, video_model_id: str, change: JobUpdate) -> Job:
+    async with db.write() as session:
+        job = await get_job(session, video_model_id, for_update=True)
+        if change.callback_url is not None:
+            job.callback_url = change.callback_url
+        if change.metadata is not None:
+            job.client_metadata = change.metadata
+        if change.events is not None:
+            job.events = list(change.events)
+        job.updated_at = utcnow()
+    return job
+
+
+async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
+    """Stop tracking: the job becomes `cancelled` (a finished job stays as it is)."""
+    async with db.write() as session:
+        job = await get_job(session, video_model_id, for_update=True)
+        view = JobView(JobStatus(job.status), job.progress, tuple(job.events))
+        now = utcnow()
+        decision = decide(view, Cancelled(), now, settings.not_found_grace)
+        if decision.transitions:
+            write_decision(session, job, decision, now, settings, polled=False)
+
+
+async def redeliver(db: Database, video_model_id: str) -> Event:
+    """Queue the job's latest event again, same webhook-id, with a fresh retry schedule."""
+    async with db.write() as session:
+        job = await get_job(session, video_model_id)
+        event = (
+            await session.execute(
+                sa.select(Event)
+                .where(Event.job_id == job.id)
+                .order_by(Event.id.desc())
+                .limit(1)
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        if event is None:
+            raise NothingToRedeliver()
+        event.state = EventState.PENDING
+        event.attempts = 0
+        event.next_attempt_at = utcnow()
+        event.locked_until = None
+        event.lease_token = None
+        job.delivery = EventState.PENDING
+    return event
+
+
+def encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The job id a cursor points past; ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor this service issued") from None
+    prefix, _, number = raw.partition(":")
+    if prefix != "id" or not number.isdigit():
+        raise ValueError("not a cursor this service issued")
+    return int(number)
+
+
+async def page(db: Database, statuses: list[JobStatus], limit: int, cursor: int | None) -> JobsPage:
+    async with db.read() as session:
+        stmt = sa.select(Job).order_by(Job.id.desc()).limit(limit + 1)
+        if statuses:
+            stmt = stmt.where(Job.status.in_([s.value for s in statuses]))
+        if cursor is not None:
+            stmt = stmt.where(Job.id < cursor)
+        jobs = list((await session.execute(stmt)).scalars())
+        summary = await summarize(session)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobsPage(
+        summary=summary,
+        items=[public(j) for j in jobs],
+        next_cursor=encode_cursor(jobs[-1].id or 0) if more and jobs else None,
+    )
+
+
+async def summarize(session: AsyncSession) -> Summary:
+    jobs = {s.value: 0 for s in JobStatus}
+    for status, count in await session.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)):
+        jobs[status] = count
+    deliveries = {s.value: 0 for s in EventState}
+    for state, count in await session.execute(sa.select(Event.state, sa.func.count()).group_by(Event.state)):
+        deliveries[state] = count
+    oldest = (
+        await session.execute(
+            sa.select(Job.created_at).where(Job.next_poll_at.is_not(None)).order_by(Job.id).limit(1)
+        )
+    ).scalar_one_or_none()
+    health = await session.get(UpstreamHealth, 1) or UpstreamHealth()
+    return Summary(
+        jobs=jobs,
+        deliveries=deliveries,
+        oldest_unfinished_age_seconds=round((utcnow() - oldest).total_seconds(), 3) if oldest else None,
+        upstream=UpstreamSummary(
+            state=health.state,
+            reason=health.reason,
+            last_success_at=health.last_success_at,
+            consecutive_errors=health.consecutive_errors,
+        ),
+    )

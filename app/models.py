@@ -1,0 +1,181 @@
+"""SQLModel tables. The rules that must always hold live in the schema too (CHECK constraints).
+
+Invariants worth knowing:
+- `job.next_poll_at` is NULL exactly when the job is terminal, so "due" is one index range scan.
+- `event.next_attempt_at` is NULL exactly when the event is settled (delivered or dead).
+- A lease is `locked_until` + `lease_token`: whoever holds the token may write the result until the
+  lease runs out; a crashed process's lease simply expires and the row is due again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, hands out aware UTC: the same on SQLite (no tz support) and PostgreSQL."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"  # registered, not yet seen upstream
+    QUEUEING = "queueing"  # Akool video_status 1
+    PROCESSING = "processing"  # Akool video_status 2
+    COMPLETED = "completed"  # Akool video_status 3 (terminal)
+    FAILED = "failed"  # Akool video_status 4, or "does not exist" past the grace (terminal)
+    EXPIRED = "expired"  # RELAY_JOB_TIMEOUT passed before it finished (terminal)
+    CANCELLED = "cancelled"  # stopped by the client; no event is sent (terminal)
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED})
+
+
+class EventState(StrEnum):
+    PENDING = "pending"  # written, never tried
+    RETRYING = "retrying"  # tried and failed; next_attempt_at says when again
+    DELIVERED = "delivered"  # a 2xx answer came back (settled)
+    DEAD = "dead"  # the retry schedule ran out or the receiver said 410 (settled; /redeliver revives)
+
+
+UNSETTLED_EVENT_STATES = (EventState.PENDING, EventState.RETRYING)
+
+EVENT_TYPES = ("queueing", "processing", "progress", "completed", "failed", "expired")
+DEFAULT_EVENTS = ["completed", "failed", "expired"]
+
+
+def _in(column: str, values: Any) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in sorted(values))})"
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (
+        sa.CheckConstraint(
+            f"({_in('status', TERMINAL_STATUSES)}) = (next_poll_at IS NULL)", name="job_terminal_not_due"
+        ),
+        sa.Index("ix_job_status_id", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    video_model_id: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    status: str = Field(default=JobStatus.PENDING, max_length=16, nullable=False)
+    video_status: int | None = None
+    progress: int | None = None
+    video_url: str | None = None
+    error_code: int | None = Field(default=None, sa_type=sa.BigInteger)
+    error_reason: str | None = None
+    audio_splits: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    upstream: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+
+    callback_url: str = Field(max_length=2048, nullable=False)
+    events: list[str] = Field(sa_type=sa.JSON, nullable=False)
+    client_metadata: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False)
+
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_polled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_poll_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    poll_count: int = Field(default=0, nullable=False)
+    poll_interval: float = Field(nullable=False)  # current backoff interval, seconds
+    not_found_count: int = Field(default=0, nullable=False)  # "does not exist" answers in a row
+    not_found_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_token: str | None = Field(default=None, max_length=32)
+
+    delivery: str = Field(default="none", max_length=16, nullable=False)  # state of the latest event
+
+
+class Transition(SQLModel, table=True):
+    __tablename__ = "transition"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True, nullable=False, ondelete="CASCADE")
+    from_status: str = Field(max_length=16, nullable=False)
+    to_status: str = Field(max_length=16, nullable=False)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    progress: int | None = None
+
+
+class Event(SQLModel, table=True):
+    """The outbox: one row per callback to send; its body is fixed when the change happens."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        sa.CheckConstraint(
+            f"({_in('state', UNSETTLED_EVENT_STATES)}) = (next_attempt_at IS NOT NULL)",
+            name="event_unsettled_due",
+        ),
+        sa.Index("ix_event_job_id_id", "job_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    webhook_id: str = Field(max_length=40, sa_column_kwargs={"unique": True}, nullable=False)
+    job_id: int = Field(foreign_key="job.id", nullable=False, ondelete="CASCADE")
+    type: str = Field(max_length=32, nullable=False)
+    body: str = Field(sa_type=sa.Text, nullable=False)
+    state: str = Field(default=EventState.PENDING, max_length=16, nullable=False, index=True)
+    attempts: int = Field(default=0, nullable=False)  # attempts since created or last redelivered
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_token: str | None = Field(default=None, max_length=32)
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(foreign_key="event.id", index=True, nullable=False, ondelete="CASCADE")
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    duration_ms: float = Field(nullable=False)
+    response_excerpt: str | None = Field(default=None, max_length=1024)
+
+
+class UpstreamHealth(SQLModel, table=True):
+    """One row (id=1) shared by every replica: whether Akool is accepting our requests."""
+
+    __tablename__ = "upstream_health"
+
+    id: int = Field(default=1, primary_key=True)
+    state: str = Field(default="ok", max_length=16, nullable=False)  # ok / throttled / auth_failed
+    reason: str | None = Field(default=None, max_length=300)
+    last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    consecutive_errors: int = Field(default=0, nullable=False)
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Setting(SQLModel, table=True):
+    """Values the service generates once and keeps (the webhook secret)."""
+
+    __tablename__ = "setting"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_type=sa.Text, nullable=False)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,100 @@
+"""The running service's parts, made at start-up and closed at shutdown (owned by the lifespan)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+
+import httpx
+import sqlalchemy as sa
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app import __version__
+from app.akool import AkoolClient
+from app.config import Settings
+from app.db import Database
+from app.metrics import Metrics
+from app.models import Setting
+from app.netguard import guarded_transport
+from app.webhooks import WebhookSender
+from app.worker.outbox import Outbox
+from app.worker.poller import Poller
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0  # seconds in-flight polls and deliveries get to finish on SIGTERM
+WEBHOOK_SECRET_KEY = "webhook_secret"
+
+
+async def ensure_webhook_secret(db: Database, settings: Settings) -> str:
+    """RELAY_WEBHOOK_SECRET, or the one generated at first start and kept in the database."""
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value()
+    generated = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    dialect = postgresql if db.url.get_backend_name() == "postgresql" else sqlite
+    async with db.write() as session:
+        # Several replicas may start at once: the first insert wins and everyone reads it back.
+        await session.execute(
+            dialect.insert(Setting).values(key=WEBHOOK_SECRET_KEY, value=generated).on_conflict_do_nothing()
+        )
+        value = (
+            await session.execute(sa.select(Setting.value).where(Setting.key == WEBHOOK_SECRET_KEY))
+        ).scalar_one()
+    return str(value)
+
+
+class Relay:
+    def __init__(self, settings: Settings, db: Database, webhook_secret: str) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = Metrics()
+        limits = httpx.Limits(max_connections=settings.poll_concurrency * 2)
+        self.akool_http = httpx.AsyncClient(
+            timeout=settings.akool_timeout,
+            limits=limits,
+            headers={"user-agent": f"akool-relay/{__version__}"},
+        )
+        self.callback_http = httpx.AsyncClient(
+            transport=guarded_transport(allow_private=settings.allow_private_callbacks, limits=limits),
+            timeout=settings.delivery_timeout,
+            follow_redirects=False,
+        )
+        self.outbox = Outbox(
+            settings,
+            db,
+            WebhookSender(webhook_secret, self.callback_http, settings.delivery_timeout),
+            self.metrics,
+        )
+        self.poller = Poller(
+            settings, db, AkoolClient(settings, self.akool_http), self.metrics, self.outbox.pump.wake
+        )
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+
+    def start(self) -> None:
+        interval = self.settings.tick_interval
+        for name, func in (("poll", self.poller.tick), ("deliver", self.outbox.pump.fill)):
+            self.scheduler.add_job(
+                func,
+                "interval",
+                seconds=interval,
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        self.scheduler.start()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.scheduler.running)
+
+    async def stop(self) -> None:
+        """Stop ticking, let in-flight work finish (bounded), release what did not, close clients."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        await self.poller.pump.close(SHUTDOWN_GRACE)
+        await self.outbox.pump.close(SHUTDOWN_GRACE)
+        await self.akool_http.aclose()
+        await self.callback_http.aclose()

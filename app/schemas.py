@@ -1,0 +1,174 @@
+"""Request and response models of the HTTP API, and the job's JSON (shared with callbacks)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from app.models import DEFAULT_EVENTS, Job
+
+VideoModelId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+EventName = Literal["queueing", "processing", "progress", "completed", "failed", "expired"]
+METADATA_MAX_BYTES = 16 * 1024
+
+
+def _check_url(value: str) -> str:
+    # Syntax only here; whether the host is public is checked (asynchronously) by the service.
+    from app.netguard import check_url_syntax
+
+    check_url_syntax(value)
+    return value
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata must be at most {METADATA_MAX_BYTES} bytes as JSON")
+    return value
+
+
+def _dedupe(value: list[str]) -> list[str]:
+    return list(dict.fromkeys(value))
+
+
+CallbackURL = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_check_url)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+Events = Annotated[list[EventName], AfterValidator(_dedupe)]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    video_model_id: VideoModelId
+    callback_url: CallbackURL
+    metadata: Metadata = Field(default_factory=dict)
+    events: Events = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)  # type: ignore[arg-type]
+
+
+class JobUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callback_url: CallbackURL | None = None
+    metadata: Metadata | None = None
+    events: Events | None = Field(default=None, min_length=1)
+
+
+class JobBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class JobPublic(BaseModel):
+    video_model_id: str
+    status: str
+    video_status: int | None
+    progress: int | None
+    video_url: str | None
+    error_code: int | None
+    error_reason: str | None
+    audio_splits: dict[str, Any] | None
+    callback_url: str
+    events: list[str]
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    last_polled_at: datetime | None
+    next_poll_at: datetime | None
+    poll_count: int
+    delivery: str
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(
+            video_model_id=job.video_model_id,
+            status=job.status,
+            video_status=job.video_status,
+            progress=job.progress,
+            video_url=job.video_url,
+            error_code=job.error_code,
+            error_reason=job.error_reason,
+            audio_splits=job.audio_splits,
+            callback_url=job.callback_url,
+            events=list(job.events),
+            metadata=job.client_metadata,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            finished_at=job.finished_at,
+            last_polled_at=job.last_polled_at,
+            next_poll_at=job.next_poll_at,
+            poll_count=job.poll_count,
+            delivery=job.delivery,
+        )
+
+
+class TransitionPublic(BaseModel):
+    from_status: str = Field(serialization_alias="from")
+    to_status: str = Field(serialization_alias="to")
+    at: datetime
+    progress: int | None
+
+
+class AttemptPublic(BaseModel):
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class DeliveryPublic(BaseModel):
+    webhook_id: str
+    type: str
+    state: str
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    attempts: list[AttemptPublic]
+
+
+class JobDetail(JobPublic):
+    transitions: list[TransitionPublic]
+    deliveries: list[DeliveryPublic]
+
+
+class BatchItem(BaseModel):
+    status: int  # the HTTP status this item would have had on its own
+    job: JobPublic | None = None
+    detail: Any = None
+
+
+class BatchResult(BaseModel):
+    results: list[BatchItem]
+
+
+class UpstreamSummary(BaseModel):
+    state: str
+    reason: str | None
+    last_success_at: datetime | None
+    consecutive_errors: int
+
+
+class Summary(BaseModel):
+    jobs: dict[str, int]
+    deliveries: dict[str, int]
+    oldest_unfinished_age_seconds: float | None
+    upstream: UpstreamSummary
+
+
+class JobsPage(BaseModel):
+    summary: Summary
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+def callback_body(job: Job, event: str, at: datetime) -> str:
+    """The exact callback body, fixed when the change happens so every attempt sends the same bytes."""
+    data = JobPublic.of(job).model_dump(mode="json")
+    data["upstream"] = job.upstream
+    return json.dumps(
+        {"type": f"job.{event}", "timestamp": at.isoformat().replace("+00:00", "Z"), "data": data},
+        separators=(",", ":"),
+    )

@@ -1,0 +1,147 @@
+"""The job state machine: one pure function from (job, what we learned) to what changes.
+
+`decide()` never touches the database or the clock; the poller feeds it and writes its `Decision`
+(job fields, transition rows, outbox events) in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.models import TERMINAL_STATUSES, JobStatus
+
+S = JobStatus
+
+# Which status may follow which. Anything else is ignored: Akool does not move jobs backwards,
+# and a terminal job never changes again.
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset({S.QUEUEING, S.PROCESSING, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    S.QUEUEING: frozenset({S.PROCESSING, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    S.PROCESSING: frozenset({S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    **{terminal: frozenset() for terminal in TERMINAL_STATUSES},
+}
+
+VIDEO_STATUS = {1: S.QUEUEING, 2: S.PROCESSING, 3: S.COMPLETED, 4: S.FAILED}
+
+NOT_FOUND_ANSWERS = 3  # "does not exist" answers in a row needed (over the grace) to fail a job
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the state machine needs to know about a job."""
+
+    status: JobStatus
+    progress: int | None
+    events: tuple[str, ...]
+    not_found_count: int = 0
+    not_found_since: datetime | None = None
+
+
+# What a poll (or the clock, or the client) tells us.
+@dataclass(frozen=True)
+class Seen:
+    """Akool answered code 1000 with this `data`."""
+
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """Akool answered that the id does not exist (1008 / 1014)."""
+
+
+@dataclass(frozen=True)
+class Expired:
+    """RELAY_JOB_TIMEOUT passed."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The client deleted the job."""
+
+
+Observation = Seen | NotFound | Expired | Cancelled
+
+
+@dataclass
+class Decision:
+    status: JobStatus
+    fields: dict[str, Any] = field(default_factory=dict)  # job columns to set
+    transitions: list[tuple[JobStatus, JobStatus, int | None]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # event names, e.g. "completed"
+    changed: bool = False  # anything a client would notice (resets the poll interval)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _move(job: JobView, decision: Decision, to: JobStatus, progress: int | None) -> None:
+    if to == decision.status or to not in ALLOWED[decision.status]:
+        return
+    decision.transitions.append((decision.status, to, progress))
+    decision.status = to
+    decision.fields["status"] = to.value
+    decision.changed = True
+    if to.value in job.events:
+        decision.events.append(to.value)
+
+
+def decide(job: JobView, observation: Observation, now: datetime, not_found_grace: float) -> Decision:
+    decision = Decision(status=job.status)
+    if job.status in TERMINAL_STATUSES:
+        return decision
+    match observation:
+        case Cancelled():
+            _move(job, decision, S.CANCELLED, job.progress)
+        case Expired():
+            _move(job, decision, S.EXPIRED, job.progress)
+        case NotFound():
+            count = job.not_found_count + 1
+            since = job.not_found_since or now
+            decision.fields.update(not_found_count=count, not_found_since=since)
+            if count >= NOT_FOUND_ANSWERS and now - since >= timedelta(seconds=not_found_grace):
+                decision.fields.update(
+                    error_reason="Akool kept answering that this video_model_id does not exist"
+                )
+                _move(job, decision, S.FAILED, job.progress)
+        case Seen(data=data):
+            _apply_seen(job, decision, data)
+    return decision
+
+
+def _apply_seen(job: JobView, decision: Decision, data: dict[str, Any]) -> None:
+    fields = decision.fields
+    fields.update(upstream=data, not_found_count=0, not_found_since=None)
+    target = VIDEO_STATUS.get(_int_or_none(data.get("video_status")) or 0)
+    progress = _int_or_none(data.get("progress"))
+    if progress is not None:
+        progress = max(0, min(100, progress))
+    if target is None:  # an answer without a status we know: keep what we have, learn nothing
+        return
+    if target == S.COMPLETED:
+        fields["video_url"] = data.get("video") or None
+        fields["audio_splits"] = (
+            data.get("audio_splits") if isinstance(data.get("audio_splits"), dict) else None
+        )
+        progress = 100 if progress is None else progress
+    if target == S.FAILED:
+        fields["error_code"] = _int_or_none(data.get("error_code"))
+        fields["error_reason"] = data.get("error_reason") or None
+    was_processing = job.status == S.PROCESSING
+    if progress is not None and progress != job.progress:
+        fields["progress"] = progress
+        decision.changed = True
+        if was_processing and target == S.PROCESSING and "progress" in job.events:
+            decision.events.append("progress")
+    fields["video_status"] = _int_or_none(data.get("video_status"))
+    _move(job, decision, target, progress if progress is not None else job.progress)

@@ -1,0 +1,158 @@
+"""The delivery loop: claim due events (earliest first per job), send each, record the attempt.
+
+An event is the outbox row written with the state change; each attempt adds an attempt row. A job's
+later event is not claimable while an earlier one is unsettled, which keeps callbacks in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.config import Settings
+from app.db import Database
+from app.metrics import Metrics
+from app.models import Attempt, Event, EventState, Job, utcnow
+from app.webhooks import AttemptResult, WebhookSender
+from app.worker import leases
+from app.worker.pump import Pump
+from app.worker.retry import honour_retry_after, jittered, retry_delay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    id: int
+    job_id: int
+    webhook_id: str
+    body: str
+    attempts: int
+    token: str
+    callback_url: str = ""
+
+
+class Outbox:
+    def __init__(self, settings: Settings, db: Database, sender: WebhookSender, metrics: Metrics) -> None:
+        self.settings = settings
+        self.db = db
+        self.sender = sender
+        self.metrics = metrics
+        # A lease outlives the longest attempt, so an event is never sent twice at once.
+        self.lease_seconds = max(settings.lease_seconds, settings.delivery_timeout * 2)
+        self.pump: Pump[ClaimedEvent] = Pump(
+            "outbox", self.claim, self.deliver, self.release, capacity=settings.poll_concurrency
+        )
+
+    async def deliver_due(self) -> int:
+        """Run-once entry: claim one batch of due events and send it."""
+        return await self.pump.run_once()
+
+    async def claim(self, n: int) -> list[ClaimedEvent]:
+        now = utcnow()
+        earlier = aliased(Event)
+        blocked = (
+            sa.select(earlier.id)
+            .where(
+                earlier.job_id == Event.job_id, earlier.id < Event.id, earlier.next_attempt_at.is_not(None)
+            )
+            .exists()
+        )
+        due = (
+            sa.select(Event.id)
+            .where(Event.next_attempt_at <= now, leases.lease_free(Event, now), ~blocked)
+            .order_by(Event.next_attempt_at)
+            .limit(n)
+        )
+        returning = [Event.id, Event.job_id, Event.webhook_id, Event.body, Event.attempts]
+        async with self.db.write() as session:
+            token, rows = await leases.claim(
+                session, Event, due, now=now, lease_seconds=self.lease_seconds, returning=returning
+            )
+            if not rows:
+                return []
+            urls = dict(
+                (
+                    await session.execute(
+                        sa.select(Job.id, Job.callback_url).where(Job.id.in_({r.job_id for r in rows}))
+                    )
+                ).all()
+            )
+        return [
+            ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, urls[r.job_id])
+            for r in rows
+        ]
+
+    async def release(self, items: list[ClaimedEvent]) -> None:
+        async with self.db.write() as session:
+            await leases.release(session, Event, [(i.id, i.token) for i in items])
+
+    async def deliver(self, item: ClaimedEvent) -> None:
+        result: AttemptResult | None = None
+        try:
+            result = await self.sender.send(item.callback_url, item.webhook_id, item.body)
+        finally:
+            # Always keep the attempt, even when the send was interrupted.
+            await self.record(item, result or AttemptResult(None, "interrupted", 0.0))
+
+    async def record(self, item: ClaimedEvent, result: AttemptResult) -> None:
+        now = utcnow()
+        attempts = item.attempts + 1
+        if result.ok:
+            state, next_at, outcome = EventState.DELIVERED, None, "delivered"
+        elif result.gone:
+            state, next_at, outcome = EventState.DEAD, None, "gone"
+        else:
+            delay = retry_delay(attempts, self.settings.retry_schedule)
+            if delay is None:
+                state, next_at, outcome = EventState.DEAD, None, "dead"
+            else:
+                delay = honour_retry_after(jittered(delay), result.retry_after)
+                state, next_at, outcome = EventState.RETRYING, now + timedelta(seconds=delay), "failed"
+        self.metrics.deliveries.labels(outcome).inc()
+        self.metrics.delivery_latency.observe(result.duration_ms / 1000)
+        async with self.db.write() as session:
+            updated = await session.execute(
+                sa.update(Event)
+                .where(Event.id == item.id, Event.lease_token == item.token)
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    next_attempt_at=next_at,
+                    delivered_at=now if result.ok else None,
+                    locked_until=None,
+                    lease_token=None,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            lease_held = updated.rowcount == 1
+            if not lease_held:
+                log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id)
+            session.add(
+                Attempt(
+                    event_id=item.id,
+                    at=now,
+                    status_code=result.status_code,
+                    error=result.error,
+                    duration_ms=round(result.duration_ms, 3),
+                    response_excerpt=result.excerpt,
+                )
+            )
+            if lease_held:
+                await _mirror_delivery_state(session, item.job_id, item.id, state)
+        if state == EventState.DELIVERED:
+            self.pump.wake()  # the job's next event may be waiting on this one
+
+
+async def _mirror_delivery_state(session: AsyncSession, job_id: int, event_id: int, state: str) -> None:
+    """Keep job.delivery equal to the state of the job's latest event."""
+    later = sa.select(Event.id).where(Event.job_id == job_id, Event.id > event_id).exists()
+    await session.execute(
+        sa.update(Job).where(Job.id == job_id, ~later).values(delivery=state),
+        execution_options={"synchronize_session": False},
+    )

@@ -1,0 +1,170 @@
+"""The poll loop: claim due jobs, ask Akool, and turn each answer into a state change.
+
+Where a poll result becomes a state change: `Poller.apply()` → `states.decide()`; the job row, its
+transition rows and its outbox events are written there, in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from app.akool import PAUSING, AkoolClient, Kind, PollResult
+from app.config import Settings
+from app.db import Database
+from app.metrics import Metrics
+from app.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from app.record import write_decision
+from app.states import Decision, Expired, JobView, NotFound, Observation, Seen, decide
+from app.worker import leases
+from app.worker.pump import Pump
+from app.worker.upstream import ANSWERED, HealthTracker, RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    video_model_id: str
+    expires_at: datetime
+    token: str
+
+
+class Poller:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        akool: AkoolClient,
+        metrics: Metrics,
+        on_events: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.akool = akool
+        self.metrics = metrics
+        self.on_events = on_events
+        self.limiter = RateLimiter(settings.akool_rate_limit, cooldown=settings.throttle_cooldown)
+        self.health = HealthTracker(db)
+        self.pump: Pump[ClaimedJob] = Pump(
+            "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency
+        )
+        self._results: list[PollResult] = []  # since the last health write
+        self._probe_after = 0.0  # monotonic time of the next probe while paused
+
+    async def tick(self) -> None:
+        """The scheduler's entry: share what we learned, read what others learned, start due polls."""
+        await self.sync_health()
+        await self.pump.fill()
+
+    async def poll_due_jobs(self) -> int:
+        """Run-once entry: claim one batch of due jobs and finish it."""
+        await self.sync_health()
+        count = await self.pump.run_once()
+        await self.sync_health()
+        return count
+
+    async def sync_health(self) -> None:
+        results, self._results = self._results, []
+        await self.health.record(results, throttled=self.limiter.throttled)
+        await self.health.refresh()
+
+    async def claim(self, n: int) -> list[ClaimedJob]:
+        now = utcnow()
+        due = sa.select(Job.id).where(Job.next_poll_at <= now, leases.lease_free(Job, now))
+        batches = []
+        if self.health.paused:
+            # Akool refuses our credentials: poll nothing, but let jobs expire on time and send
+            # one probe per interval to notice when Akool accepts again.
+            batches.append(due.where(Job.expires_at <= now).order_by(Job.next_poll_at).limit(n))
+            if time.monotonic() >= self._probe_after:
+                self._probe_after = time.monotonic() + self.settings.poll_interval_min
+                batches.append(due.order_by(Job.next_poll_at).limit(1))
+        else:
+            batches.append(due.order_by(Job.next_poll_at).limit(n))
+        claimed: list[ClaimedJob] = []
+        returning = [Job.id, Job.video_model_id, Job.expires_at]
+        async with self.db.write() as session:
+            for batch in batches:
+                token, rows = await leases.claim(
+                    session,
+                    Job,
+                    batch,
+                    now=now,
+                    lease_seconds=self.settings.lease_seconds,
+                    returning=returning,
+                )
+                claimed.extend(ClaimedJob(r.id, r.video_model_id, r.expires_at, token) for r in rows)
+        return claimed
+
+    async def release(self, items: list[ClaimedJob]) -> None:
+        async with self.db.write() as session:
+            await leases.release(session, Job, [(i.id, i.token) for i in items])
+
+    async def poll(self, item: ClaimedJob) -> None:
+        if item.expires_at <= utcnow():
+            await self.apply(item, Expired(), None)
+            return
+        await self.limiter.acquire()
+        result = await self.akool.fetch(item.video_model_id)
+        self._note(result)
+        observation: Observation | None = None
+        if result.kind == Kind.OK and result.data is not None:
+            observation = Seen(result.data)
+        elif result.kind == Kind.NOT_FOUND:
+            observation = NotFound()
+        await self.apply(item, observation, result)
+
+    def _note(self, result: PollResult) -> None:
+        """React to what the answer says about Akool as a whole, at once (not at the next tick)."""
+        self._results.append(result)
+        self.metrics.polls.labels(result.kind.value).inc()
+        self.metrics.upstream_latency.observe(result.latency)
+        if result.kind == Kind.THROTTLED:
+            self.limiter.slow_down()
+        if result.kind in PAUSING and not self.health.paused:
+            log.warning("Akool refused our account (%s): polling paused until it accepts", result.detail)
+            self.health.paused = True
+            self._probe_after = time.monotonic() + self.settings.poll_interval_min
+        elif result.kind in ANSWERED and self.health.paused:
+            log.info("Akool accepts our requests again: polling resumed")
+            self.health.paused = False
+
+    async def apply(
+        self, item: ClaimedJob, observation: Observation | None, result: PollResult | None
+    ) -> None:
+        """Write what one poll learned: job row, transitions and events in one transaction."""
+        new_events = False
+        async with self.db.write() as session:
+            job = (
+                await session.execute(
+                    sa.select(Job).where(Job.id == item.id, Job.lease_token == item.token).with_for_update()
+                )
+            ).scalar_one_or_none()
+            if job is None or job.status in TERMINAL_STATUSES:
+                return  # our lease was lost (or the client cancelled): someone else owns this row now
+            now = utcnow()
+            view = JobView(
+                JobStatus(job.status),
+                job.progress,
+                tuple(job.events),
+                job.not_found_count,
+                job.not_found_since,
+            )
+            decision = (
+                decide(view, observation, now, self.settings.not_found_grace)
+                if observation is not None
+                else Decision(status=view.status)
+            )
+            write_decision(session, job, decision, now, self.settings, polled=result is not None)
+            for _, to_status, _ in decision.transitions:
+                self.metrics.transitions.labels(to_status.value).inc()
+            new_events = bool(decision.events)
+        if new_events:
+            self.on_events()

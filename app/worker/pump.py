@@ -1,0 +1,115 @@
+"""Keeps a loop's work flowing: claim rows from the database while slots are free, run each item.
+
+The poller and the outbox are both a `Pump`: `claim(n)` leases up to n due rows, `work(item)` does
+one and writes its result. The scheduler's tick calls `fill()`; a finished item wakes it too, so a
+busy loop does not wait for the next tick, and `wake()` lets another loop say "there is work now".
+`run_once()` is the step-by-step entry for tests: claim one batch and finish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Pump(Generic[T]):
+    def __init__(
+        self,
+        name: str,
+        claim: Callable[[int], Awaitable[list[T]]],
+        work: Callable[[T], Awaitable[None]],
+        release: Callable[[list[T]], Awaitable[None]],
+        capacity: int,
+    ) -> None:
+        self.name = name
+        self._claim = claim
+        self._work = work
+        self._release = release
+        self.capacity = capacity
+        self._inflight: dict[asyncio.Task[None], T] = {}
+        self._filling = False
+        self._again = False
+        self._closed = False
+        self._wakers: set[asyncio.Task[int]] = set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def fill(self) -> int:
+        """Claim work for every free slot; returns how many items were started."""
+        if self._closed:
+            return 0
+        if self._filling:  # a fill is running: make it go round once more
+            self._again = True
+            return 0
+        self._filling = True
+        started = 0
+        try:
+            while not self._closed:
+                self._again = False
+                free = self.capacity - len(self._inflight)
+                if free <= 0:
+                    break
+                items = await self._claim(free)
+                for item in items:
+                    task = asyncio.create_task(self._guarded(item), name=f"{self.name}-work")
+                    self._inflight[task] = item
+                    task.add_done_callback(self._done)
+                started += len(items)
+                if len(items) < free and not self._again:
+                    break
+        except Exception:
+            log.exception("%s: claiming work failed; the next tick tries again", self.name)
+        finally:
+            self._filling = False
+        return started
+
+    def wake(self) -> None:
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self.fill())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        # Refill in batches (half the slots free), not one claim per finished item.
+        if len(self._inflight) <= self.capacity // 2:
+            self.wake()
+
+    async def _guarded(self, item: T) -> None:
+        try:
+            await self._work(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: an item failed; its lease will expire and it comes back", self.name)
+
+    async def run_once(self) -> int:
+        """Claim one batch and finish all of it (tests and burst runs)."""
+        items = await self._claim(self.capacity)
+        await asyncio.gather(*(self._guarded(item) for item in items))
+        return len(items)
+
+    async def close(self, timeout: float) -> None:
+        """Stop claiming; let in-flight work finish within `timeout`, then cancel and release the rest."""
+        self._closed = True
+        for waker in list(self._wakers):
+            waker.cancel()
+        pending = set(self._inflight)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        leftovers = [self._inflight[t] for t in pending if t in self._inflight]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if leftovers:
+            log.info("%s: releasing %d unfinished items at shutdown", self.name, len(leftovers))
+            await self._release(leftovers)

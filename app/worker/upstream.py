@@ -1,0 +1,103 @@
+"""How hard we may lean on Akool right now: the process's rate limiter and the shared health row.
+
+- `RateLimiter`: a token bucket at RELAY_AKOOL_RATE_LIMIT. A 1005 answer halves the rate for a
+  cool-down; each quiet cool-down after that doubles it back towards the configured rate.
+- `UpstreamHealth` (the table, one row) is what every replica reads before polling: when Akool
+  refuses our credentials or account, polling pauses for everyone and a single probe per interval
+  finds out when it accepts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.akool import PAUSING, Kind, PollResult
+from app.db import Database
+from app.models import UpstreamHealth, utcnow
+
+# Answers that show Akool accepted our request (whatever it said about the job).
+ANSWERED = frozenset({Kind.OK, Kind.NOT_FOUND})
+THROTTLE_FLOOR = 0.05  # never slow below 1/20 of the configured rate
+
+
+class RateLimiter:
+    def __init__(self, rate: float, cooldown: float) -> None:
+        self.base_rate = rate
+        self.rate = rate
+        self.cooldown = cooldown
+        self._next_slot = time.monotonic()
+        self._calm_at = 0.0  # when the current slow-down may be relaxed
+        self._lock = asyncio.Lock()
+
+    @property
+    def throttled(self) -> bool:
+        return self.rate < self.base_rate
+
+    async def acquire(self) -> None:
+        """Wait for the next request slot (slots are 1/rate apart; no bursts beyond one)."""
+        async with self._lock:
+            now = time.monotonic()
+            if self.throttled and now >= self._calm_at:
+                self.rate = min(self.base_rate, self.rate * 2)
+                self._calm_at = now + self.cooldown
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.rate
+        delay = slot - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def slow_down(self) -> None:
+        self.rate = max(self.base_rate * THROTTLE_FLOOR, self.rate / 2)
+        self._calm_at = time.monotonic() + self.cooldown
+
+
+class HealthTracker:
+    """This process's view of the upstream, written to the shared row after each batch of polls."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.state = "ok"
+        self.reason: str | None = None
+        self.paused = False
+
+    async def refresh(self) -> UpstreamHealth:
+        """Read the shared row (another replica may have seen Akool refuse or accept again)."""
+        async with self._db.read() as session:
+            row = await session.get(UpstreamHealth, 1)
+        row = row or UpstreamHealth()
+        self.state, self.reason = row.state, row.reason
+        self.paused = row.state == Kind.AUTH_FAILED.value
+        return row
+
+    async def record(self, results: list[PollResult], throttled: bool) -> None:
+        """Fold a batch of poll results into the shared row (one small write per batch)."""
+        if not results and not throttled:
+            return
+        answered = [i for i, r in enumerate(results) if r.kind in ANSWERED]
+        pausing = [r for r in results if r.kind in PAUSING]
+        if pausing and not answered:
+            state, reason = "auth_failed", pausing[-1].detail
+        elif throttled:
+            state, reason = "throttled", "Akool answered 1005 (too frequent); requests slowed down"
+        else:
+            state, reason = "ok", None
+        self.state, self.reason, self.paused = state, reason, state == "auth_failed"
+        now = utcnow()
+        values: dict[str, object] = {"state": state, "reason": reason, "updated_at": now}
+        if answered:  # errors after the last good answer are the consecutive ones
+            values["last_success_at"] = now
+            values["consecutive_errors"] = len(results) - 1 - answered[-1]
+            increment: object = values["consecutive_errors"]
+        else:
+            increment = UpstreamHealth.consecutive_errors + len(results)
+        dialect = postgresql if self._db.url.get_backend_name() == "postgresql" else sqlite
+        stmt = (
+            dialect.insert(UpstreamHealth)
+            .values(id=1, **{**values, "consecutive_errors": values.get("consecutive_errors", len(results))})
+            .on_conflict_do_update(index_elements=["id"], set_={**values, "consecutive_errors": increment})
+        )
+        async with self._db.write() as session:
+            await session.execute(stmt)
