@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     not_found_grace: Annotated[float, Field(ge=0)] = Field(default=60.0, alias="RELAY_NOT_FOUND_GRACE")
     delivery_timeout: PositiveSeconds = Field(default=15.0, alias="RELAY_DELIVERY_TIMEOUT")
     retry_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0], alias="RELAY_RETRY_SCHEDULE"
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        alias="RELAY_RETRY_SCHEDULE",
     )
     # How often the loops tick. The database says what is due; the tick only asks.
     tick_interval: PositiveSeconds = Field(default=1.0, alias="RELAY_TICK_INTERVAL")

@@ -73,6 +73,9 @@ class Relay:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
 
     def start(self) -> None:
+        # A tick that finds the previous one still running is skipped by design (max_instances=1);
+        # APScheduler would log each skip as a warning.
+        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
         interval = self.settings.tick_interval
         for name, func in (("poll", self.poller.tick), ("deliver", self.outbox.pump.fill)):
             self.scheduler.add_job(
