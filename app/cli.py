@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(quiet=args.command == "demo")
     try:
         if args.command == "simulator":
             return _simulator(args)
@@ -59,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"akool-relay: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _configure_logging(*, quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per HTTP request or scheduler tick drowns what matters.
+    for noisy in ("httpx", "apscheduler", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _serve(settings: Settings, log_level: str) -> int:
