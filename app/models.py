@@ -72,6 +72,13 @@ class Job(SQLModel, table=True):
             f"({_in('status', TERMINAL_STATUSES)}) = (next_poll_at IS NULL)", name="job_terminal_not_due"
         ),
         sa.Index("ix_job_status_id", "status", "id"),
+        # The dashboard's "oldest unfinished job" is the first entry of this small index.
+        sa.Index(
+            "ix_job_unfinished_id",
+            "id",
+            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
+            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -59,6 +59,13 @@ def upgrade() -> None:
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_job_next_poll_at"), ["next_poll_at"], unique=False)
         batch_op.create_index("ix_job_status_id", ["status", "id"], unique=False)
+        batch_op.create_index(
+            "ix_job_unfinished_id",
+            ["id"],
+            unique=False,
+            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
+            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
+        )
 
     op.create_table(
         "setting",
@@ -153,6 +160,7 @@ def downgrade() -> None:
     op.drop_table("upstream_health")
     op.drop_table("setting")
     with op.batch_alter_table("job", schema=None) as batch_op:
+        batch_op.drop_index("ix_job_unfinished_id")
         batch_op.drop_index("ix_job_status_id")
         batch_op.drop_index(batch_op.f("ix_job_next_poll_at"))
 

@@ -1,0 +1,493 @@
+"""Polling against a misbehaving Akool (SPEC §1, §5): faults, pauses, token auth, unknown ids,
+expiry, cancel, backoff, restarts and throttling, over real HTTP on loopback, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from app.main import create_app
+from app.models import Job
+from app.receiver import Receiver
+from app.serving import serve_in_background
+from app.simulator import RequestRecord, Simulator, SimulatorConfig
+from tests.conftest import RelayFactory, RunningRelay, relay_settings, wait_job
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """Wait until predicate() is true (it may be a coroutine function); fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def register(client: httpx.AsyncClient, vid: str, hook_url: str, **extra: Any) -> dict[str, Any]:
+    response = await client.post("/jobs", json={"video_model_id": vid, "callback_url": hook_url, **extra})
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def summary(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/jobs")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()["summary"]
+    return body
+
+
+def requests_for(sim: Simulator, vid: str) -> list[RequestRecord]:
+    return [r for r in sim.requests if r.video_model_id == vid]
+
+
+def path(job: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(t["from"], t["to"]) for t in job["transitions"]]
+
+
+# -- 1. transient faults never decide anything -----------------------------------------------------
+
+
+async def test_upstream_faults_never_fail_a_job_and_polls_never_overlap(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    rec, hook_url = receiver
+    sim.slow_seconds = 2  # longer than RELAY_AKOOL_TIMEOUT (1 s): a slow answer is a timeout
+    sim.set_faults(http_500=0.3, bad_body=0.2, throttle=0.1, slow=0.05)
+    expected = {**{f"ok-{i}": "completed" for i in range(7)}, **{f"fail-{i}": "failed" for i in range(3)}}
+    async with start_relay(RELAY_THROTTLE_COOLDOWN=0.5) as r:
+        for vid in expected:
+            await register(r.client, vid, hook_url)
+        await rec.wait_for(
+            lambda rc: {c.body["data"]["video_model_id"] for c in rc.accepted} >= set(expected), 20
+        )
+        for vid, status in expected.items():
+            job = await wait_job(r.client, vid, lambda j: j["status"] in TERMINAL, timeout=5)
+            assert job["status"] == status, job
+            assert path(job)[-1][1] == status
+            assert all(t["to"] != "failed" for t in job["transitions"]) or status == "failed"
+            if status == "completed":
+                assert job["video_url"] == f"https://sim.akool.local/videos/{vid}.mp4"
+                assert job["error_code"] is None
+            else:
+                assert job["error_code"] == 100203
+                assert job["video_url"] is None
+        assert (await summary(r.client))["upstream"]["state"] != "auth_failed"
+
+    # Every fault was really served, so the outcome above was reached through them.
+    served = {(q.http_status, q.code) for q in sim.requests}
+    assert (500, None) in served, "no HTTP 500 was served"
+    assert (200, None) in served, "no non-envelope body was served"
+    assert (200, 1005) in served, "no 1005 was served"
+    # One callback per job, of the right type, and no poll of a job ever overlapped another.
+    by_job = {vid: {c.webhook_id: c for c in calls} for vid, calls in rec.by_job().items()}
+    assert set(by_job) == set(expected)
+    for vid, status in expected.items():
+        [callback] = by_job[vid].values()
+        assert callback.type == f"job.{status}"
+        assert callback.verified
+        assert callback.body["data"]["status"] == status
+    assert sim.overlaps == {}
+
+
+# -- 2. credentials refused: pause, probe, resume ----------------------------------------------------
+
+
+async def test_auth_failure_pauses_polling_and_recovers(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    _, hook_url = receiver
+    sim.auth_failing = True
+    probe_interval = 0.3
+    vids = [f"paused-{i}" for i in range(6)]
+    async with start_relay(RELAY_POLL_INTERVAL_MIN=probe_interval, RELAY_POLL_INTERVAL_MAX=0.3) as r:
+        for vid in vids:
+            await register(r.client, vid, hook_url)
+
+        async def paused() -> bool:
+            ready = await r.client.get("/readyz")
+            if ready.status_code != 503:
+                return False
+            reasons = ready.json()["reasons"]
+            upstream = (await summary(r.client))["upstream"]
+            return any("credentials" in reason for reason in reasons) and upstream["state"] == "auth_failed"
+
+        await wait_until(paused, 5, "readyz 503 (credentials) and summary upstream auth_failed")
+        upstream = (await summary(r.client))["upstream"]
+        assert "1101" in (upstream["reason"] or "")
+        assert upstream["consecutive_errors"] >= 1
+
+        # While paused only the probes go out: one per RELAY_POLL_INTERVAL_MIN for the whole process,
+        # however many jobs are due (unpaused, these 6 jobs would make ~24 requests in this window).
+        await asyncio.sleep(probe_interval)  # let polls sent before the pause was noticed come back
+        window = 1.2
+        start = time.monotonic()
+        await asyncio.sleep(window)
+        probes = [q for q in sim.requests if q.started >= start and q.started < start + window]
+        assert 1 <= len(probes) <= math.floor(window / probe_interval) + 1, probes
+        assert all(q.code == 1101 for q in probes)
+        for vid in vids:
+            job = (await r.client.get(f"/jobs/{vid}")).json()
+            assert job["status"] == "pending", job  # refused credentials say nothing about the job
+
+        sim.auth_failing = False
+        for vid in vids:
+            job = await wait_job(r.client, vid, lambda j: j["status"] == "completed", timeout=10)
+            assert "failed" not in {t["to"] for t in job["transitions"]}
+        ready = await r.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        await wait_until(
+            lambda: _upstream_state_is(r, "ok"), 3, "summary upstream state back to ok after recovery"
+        )
+        assert not r.relay.poller.health.paused
+    assert sim.overlaps == {}
+
+
+async def _upstream_state_is(r: RunningRelay, state: str) -> bool:
+    return bool((await summary(r.client))["upstream"]["state"] == state)
+
+
+# -- 3. token auth ------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def relay_on(db_url: str, sim_url: str, **overrides: Any) -> AsyncIterator[RunningRelay]:
+    settings = relay_settings(db_url, sim_url, **overrides)
+    app = create_app(settings)
+    async with (
+        serve_in_background(app) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=10) as client,
+    ):
+        yield RunningRelay(app.state.relay, client, base_url, settings)
+
+
+async def test_token_auth_fetches_a_token_once_and_again_after_revocation(
+    db_url: str, receiver: tuple[Receiver, str]
+) -> None:
+    rec, hook_url = receiver
+    sim = Simulator(
+        SimulatorConfig(client_id="cid", client_secret="csecret", queue_seconds=0.1, process_seconds=0.2)
+    )
+    async with (
+        serve_in_background(sim.app) as sim_url,
+        relay_on(
+            db_url, sim_url, AKOOL_API_KEY=None, AKOOL_CLIENT_ID="cid", AKOOL_CLIENT_SECRET="csecret"
+        ) as r,
+    ):
+        await register(r.client, "tok-1", hook_url)
+        job = await wait_job(r.client, "tok-1", lambda j: j["status"] in TERMINAL)
+        assert job["status"] == "completed", job
+        assert sim.token_requests == 1
+        assert len(requests_for(sim, "tok-1")) >= 2  # several polls, one token
+
+        sim.revoke_tokens()
+        await register(r.client, "tok-2", hook_url)
+        job = await wait_job(r.client, "tok-2", lambda j: j["status"] in TERMINAL)
+        assert job["status"] == "completed", job
+        assert sim.token_requests == 2  # the revoked token was answered 1101 and fetched again once
+        assert [q.code for q in requests_for(sim, "tok-2")][0] == 1101
+        assert (await r.client.get("/readyz")).status_code == 200
+        assert (await summary(r.client))["upstream"]["state"] == "ok"
+        await rec.wait_for(lambda rc: len(rc.unique()) == 2, 5)
+    assert sorted(c.body["data"]["video_model_id"] for c in rec.accepted) == ["tok-1", "tok-2"]
+
+
+# -- 4. "does not exist" ------------------------------------------------------------------------------
+
+
+async def _job_row(r: RunningRelay, vid: str) -> Job:
+    async with r.relay.db.read() as session:
+        job = (await session.execute(sa.select(Job).where(Job.video_model_id == vid))).scalar_one()
+    return job
+
+
+async def test_unknown_id_fails_only_after_three_answers_over_the_grace(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    rec, hook_url = receiver
+    grace = 0.6
+    async with start_relay(RELAY_NOT_FOUND_GRACE=grace) as r:
+        await register(r.client, "unknown-1", hook_url)
+        job = await wait_job(r.client, "unknown-1", lambda j: j["status"] in TERMINAL, timeout=5)
+        row = await _job_row(r, "unknown-1")
+        await rec.wait_for(lambda rc: len(rc.accepted) >= 1, 5)
+    assert job["status"] == "failed", job
+    assert path(job) == [("pending", "failed")]
+    assert "does not exist" in (job["error_reason"] or "")
+    assert job["poll_count"] >= 3
+    assert row.not_found_count >= 3 and row.not_found_count == job["poll_count"]
+    assert row.not_found_since is not None and row.finished_at is not None
+    # The first "does not exist" answer was written at not_found_since; it failed only past the grace.
+    assert (row.finished_at - row.not_found_since).total_seconds() >= grace
+    answers = requests_for(sim, "unknown-1")
+    assert len(answers) == job["poll_count"] and all(q.code == 1008 for q in answers)
+    assert answers[-1].ended - answers[0].started >= grace * 0.9
+    [callback] = rec.accepted
+    assert callback.type == "job.failed" and callback.body["data"]["video_model_id"] == "unknown-1"
+
+
+async def test_unknown_id_with_zero_grace_still_needs_three_answers(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    _, hook_url = receiver
+    async with start_relay(RELAY_NOT_FOUND_GRACE=0) as r:
+        await register(r.client, "unknown-2", hook_url)
+        job = await wait_job(r.client, "unknown-2", lambda j: j["status"] in TERMINAL, timeout=5)
+        row = await _job_row(r, "unknown-2")
+    assert job["status"] == "failed", job
+    assert job["poll_count"] == 3
+    assert row.not_found_count == 3
+    assert [q.code for q in requests_for(sim, "unknown-2")] == [1008, 1008, 1008]
+
+
+async def _after_answers(sim: Simulator, vid: str, n: int, then: Callable[[], None]) -> None:
+    """Once Akool has answered `vid` n times in all, call `then` (before the next poll can go out)."""
+    await wait_until(lambda: len(requests_for(sim, vid)) >= n, 10, f"{n} answers for {vid}")
+    then()
+    assert len(requests_for(sim, vid)) == n, "the next poll went out before the script changed"
+
+
+async def test_ids_that_appear_late_or_flap_are_not_failed(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    _, hook_url = receiver
+    # Grace 0: only "three answers in a row" protects these jobs. Polls ≥ 0.27 s apart, so the script
+    # changes (watched every 20 ms) land between two polls.
+    async with start_relay(
+        RELAY_NOT_FOUND_GRACE=0, RELAY_POLL_INTERVAL_MIN=0.3, RELAY_POLL_INTERVAL_MAX=0.5
+    ) as r:
+        sim.script("late-1", outcome="unknown")
+        await register(r.client, "late-1", hook_url)
+        await _after_answers(sim, "late-1", 1, lambda: sim.script("late-1", outcome="completed"))
+        job = await wait_job(r.client, "late-1", lambda j: j["status"] in TERMINAL, timeout=5)
+        assert job["status"] == "completed", job
+        assert [q.code for q in requests_for(sim, "late-1")][0] == 1008
+
+        # Not found twice, found, not found twice again, found: never three in a row.
+        sim.script("flap-1", outcome="unknown", queue_seconds=0.5, process_seconds=0.1)
+        await register(r.client, "flap-1", hook_url)
+        await _after_answers(
+            sim, "flap-1", 2, lambda: sim.script("flap-1", queue_seconds=0.5, process_seconds=0.1)
+        )
+        await _after_answers(
+            sim,
+            "flap-1",
+            3,
+            lambda: sim.script("flap-1", outcome="unknown", queue_seconds=0.5, process_seconds=0.1),
+        )
+        await _after_answers(
+            sim, "flap-1", 5, lambda: sim.script("flap-1", queue_seconds=0.5, process_seconds=0.1)
+        )
+        job = await wait_job(r.client, "flap-1", lambda j: j["status"] in TERMINAL, timeout=5)
+        assert job["status"] == "completed", job
+        codes = [q.code for q in requests_for(sim, "flap-1")]
+        assert codes[:5] == [1008, 1008, 1000, 1008, 1008]
+
+
+# -- 5. expiry ----------------------------------------------------------------------------------------
+
+
+async def test_job_expires_after_the_timeout_and_is_never_polled_again(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    rec, hook_url = receiver
+    sim.script("stuck-1", queue_seconds=30)
+    async with start_relay(RELAY_JOB_TIMEOUT=0.5) as r:
+        await register(r.client, "stuck-1", hook_url)
+        job = await wait_job(r.client, "stuck-1", lambda j: j["status"] in TERMINAL, timeout=5)
+        assert job["status"] == "expired", job
+        assert path(job) == [("pending", "queueing"), ("queueing", "expired")]
+        assert job["next_poll_at"] is None
+        created = datetime.fromisoformat(job["created_at"])
+        finished = datetime.fromisoformat(job["finished_at"])
+        assert 0.5 <= (finished - created).total_seconds() < 1.5  # on time, not a poll interval late
+        polls = len(requests_for(sim, "stuck-1"))
+        assert polls >= 1 and job["poll_count"] == polls
+
+        await rec.wait_for(lambda rc: len(rc.accepted) >= 1, 5)
+        # Several max intervals later, still no new poll.
+        await asyncio.sleep(1.0)
+        assert len(requests_for(sim, "stuck-1")) == polls
+        job = (await r.client.get("/jobs/stuck-1")).json()
+        assert job["status"] == "expired" and job["poll_count"] == polls
+    [callback] = rec.accepted
+    assert callback.type == "job.expired"
+    assert callback.body["data"]["status"] == "expired"
+    assert callback.body["data"]["video_model_id"] == "stuck-1"
+
+
+# -- 6. cancel ----------------------------------------------------------------------------------------
+
+
+async def test_cancel_stops_polling_and_sends_nothing(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    rec, hook_url = receiver
+    sim.script("cancel-1", queue_seconds=30)
+    async with start_relay() as r:
+        await register(r.client, "cancel-1", hook_url, events=["queueing", "processing", "completed"])
+        await register(r.client, "keep-1", hook_url)
+        await wait_job(r.client, "cancel-1", lambda j: j["poll_count"] >= 2)
+        await rec.wait_for(lambda rc: any(c.type == "job.queueing" for c in rc.accepted), 5)
+
+        deleted = await r.client.delete("/jobs/cancel-1")
+        assert deleted.status_code == 204, deleted.text
+        cancelled_at = time.monotonic()
+        job = (await r.client.get("/jobs/cancel-1")).json()
+        assert job["status"] == "cancelled"
+        assert path(job)[-1] == ("queueing", "cancelled")
+        assert job["next_poll_at"] is None and job["finished_at"] is not None
+
+        # The other job keeps going and is called back, so the loops run while we watch this one.
+        await wait_job(r.client, "keep-1", lambda j: j["delivery"] == "delivered")
+        await asyncio.sleep(max(0.0, cancelled_at + 1.0 - time.monotonic()))
+        # A poll claimed just before the DELETE may still reach Akool; nothing starts later.
+        late = [q for q in requests_for(sim, "cancel-1") if q.started > cancelled_at + 0.2]
+        assert late == []
+        job_after = (await r.client.get("/jobs/cancel-1")).json()
+        assert job_after["status"] == "cancelled"
+        assert job_after["poll_count"] <= job["poll_count"] + 1
+        assert (await r.client.delete("/jobs/no-such-job")).status_code == 404
+    cancel_callbacks = [c for c in rec.accepted if c.body["data"]["video_model_id"] == "cancel-1"]
+    assert [c.type for c in cancel_callbacks] == ["job.queueing"]  # nothing after the cancel
+    assert [c.type for c in rec.accepted if c.body["data"]["video_model_id"] == "keep-1"] == ["job.completed"]
+
+
+# -- 7. backoff ---------------------------------------------------------------------------------------
+
+
+async def test_poll_interval_grows_while_nothing_changes_and_is_capped(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    _, hook_url = receiver
+    lo, hi = 0.1, 0.4
+    sim.script("slow-queue-1", queue_seconds=30)
+    async with start_relay(RELAY_POLL_INTERVAL_MIN=lo, RELAY_POLL_INTERVAL_MAX=hi) as r:
+        await register(r.client, "slow-queue-1", hook_url)
+        await wait_until(lambda: len(requests_for(sim, "slow-queue-1")) >= 10, 10, "10 polls")
+        first = (await r.client.get("/jobs/slow-queue-1")).json()
+        await wait_until(lambda: len(requests_for(sim, "slow-queue-1")) >= 11, 5, "an 11th poll")
+        second = (await r.client.get("/jobs/slow-queue-1")).json()
+    starts = [q.started for q in requests_for(sim, "slow-queue-1")][:10]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # Poll 1 changes pending → queueing (interval back to min); then nothing changes: x1.5, capped.
+    planned = [lo]
+    while len(planned) < len(gaps):
+        planned.append(min(hi, planned[-1] * 1.5))
+    slack = 0.05 + 0.25  # one tick, plus the answer and the database write of the previous poll
+    for gap, interval in zip(gaps, planned, strict=True):
+        assert interval * 0.9 <= gap <= interval * 1.1 + slack, (gaps, planned)
+    assert max(gaps) <= hi * 1.1 + slack
+    assert sum(gaps[-3:]) / 3 >= 2.5 * gaps[0]  # it did grow
+    assert first["status"] == "queueing" and first["poll_count"] >= 10
+    assert second["poll_count"] > first["poll_count"]
+
+
+# -- 8. restart -------------------------------------------------------------------------------------
+
+
+async def test_restart_in_the_middle_loses_and_duplicates_nothing(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    rec, hook_url = receiver
+    vids = [f"restart-{i:02d}" for i in range(20)]
+    for i, vid in enumerate(vids):  # they finish one by one over ~2 s
+        sim.script(vid, queue_seconds=0.1 * i, process_seconds=1.0)
+    async with start_relay() as r:
+        batch = await r.client.post(
+            "/jobs/batch", json={"jobs": [{"video_model_id": v, "callback_url": hook_url} for v in vids]}
+        )
+        assert batch.status_code == 200, batch.text
+        assert [item["status"] for item in batch.json()["results"]] == [201] * 20
+        await wait_until(
+            lambda: _count_status(r, "completed", at_least=5), 10, "5 completed before the restart"
+        )
+    async with start_relay() as r2:
+        completed_at_restart = (await summary(r2.client))["jobs"]["completed"]
+        assert 5 <= completed_at_restart < 20, "the restart did not happen in the middle"
+        await wait_until(lambda: _count_status(r2, "completed", at_least=20), 15, "all 20 completed")
+        await rec.wait_for(lambda rc: len(rc.unique()) >= 20, 10)
+        await wait_until(lambda: _all_delivered(r2, 20), 5, "all 20 deliveries recorded")
+        s = await summary(r2.client)
+        assert s["jobs"]["completed"] == 20
+        assert sum(s["jobs"].values()) == 20
+        assert s["oldest_unfinished_age_seconds"] is None
+        pending = (
+            await r2.client.get("/jobs", params={"status": ["pending", "queueing", "processing"]})
+        ).json()
+        assert pending["items"] == []
+        for vid in vids:
+            job = (await r2.client.get(f"/jobs/{vid}")).json()
+            assert job["status"] == "completed" and job["delivery"] == "delivered", job
+            assert len(job["deliveries"]) == 1
+    unique = rec.unique()
+    assert len(unique) == 20
+    assert rec.duplicates() == 0, "a delivered event was sent again after a graceful restart"
+    assert sorted(c.body["data"]["video_model_id"] for c in unique.values()) == vids
+    assert all(c.type == "job.completed" for c in unique.values())
+    assert sim.overlaps == {}
+
+
+async def _count_status(r: RunningRelay, status: str, *, at_least: int) -> bool:
+    return bool((await summary(r.client))["jobs"][status] >= at_least)
+
+
+async def _all_delivered(r: RunningRelay, n: int) -> bool:
+    return bool((await summary(r.client))["deliveries"]["delivered"] == n)
+
+
+# -- 9. throttling ------------------------------------------------------------------------------------
+
+
+async def test_throttling_slows_the_process_down_and_recovers(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+) -> None:
+    sim, _ = simulator
+    _, hook_url = receiver
+    sim.script("throttled-long", queue_seconds=30)  # keeps polling throughout
+    async with start_relay(RELAY_THROTTLE_COOLDOWN=0.3) as r:
+        limiter = r.relay.poller.limiter
+        base = limiter.base_rate
+        assert base == r.settings.akool_rate_limit and limiter.rate == base
+        sim.set_faults(throttle=1.0)
+        await register(r.client, "throttled-long", hook_url)
+        await register(r.client, "throttled-1", hook_url)
+        await wait_until(lambda: limiter.rate < base, 5, "the limiter to slow down")
+        await wait_until(lambda: _upstream_state_is(r, "throttled"), 5, "summary upstream throttled")
+        assert (await r.client.get("/readyz")).status_code == 200  # throttled is not unready
+        job = (await r.client.get("/jobs/throttled-1")).json()
+        assert job["status"] == "pending" and job["poll_count"] >= 1
+
+        sim.set_faults()
+        job = await wait_job(r.client, "throttled-1", lambda j: j["status"] in TERMINAL, timeout=10)
+        assert job["status"] == "completed", job
+        await wait_until(lambda: limiter.rate == base, 10, "the limiter back at its base rate")
+        await wait_until(lambda: _upstream_state_is(r, "ok"), 5, "summary upstream back to ok")
+    assert {q.code for q in requests_for(sim, "throttled-1")} >= {1005, 1000}
