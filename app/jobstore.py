@@ -18,7 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import Database
 from app.errors import JobNotFound, NothingToRedeliver
-from app.models import Attempt, Event, EventState, Job, JobStatus, Transition, UpstreamHealth, utcnow
+from app.models import (
+    Attempt,
+    Event,
+    EventState,
+    Job,
+    JobStatus,
+    StatusCount,
+    Transition,
+    UpstreamHealth,
+    utcnow,
+)
 from app.record import write_decision
 from app.schemas import (
     AttemptPublic,
@@ -178,7 +188,7 @@ async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
 async def redeliver(db: Database, video_model_id: str) -> Event:
     """Queue the job's latest event again, same webhook-id, with a fresh retry schedule."""
     async with db.write() as session:
-        job = await get_job(session, video_model_id)
+        job = await get_job(session, video_model_id, for_update=True)
         event = (
             await session.execute(
                 sa.select(Event)
@@ -235,11 +245,12 @@ async def page(db: Database, statuses: list[JobStatus], limit: int, cursor: int 
 
 async def summarize(session: AsyncSession) -> Summary:
     jobs = {s.value: 0 for s in JobStatus}
-    for status, count in await session.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)):
-        jobs[status] = count
     deliveries = {s.value: 0 for s in EventState}
-    for state, count in await session.execute(sa.select(Event.state, sa.func.count()).group_by(Event.state)):
-        deliveries[state] = count
+    counters = {"job": jobs, "event": deliveries}
+    for kind, status, n in await session.execute(
+        sa.select(StatusCount.kind, StatusCount.status, StatusCount.n)
+    ):
+        counters[kind][status] = n
     oldest = (
         await session.execute(
             sa.select(Job.created_at).where(Job.next_poll_at.is_not(None)).order_by(Job.id).limit(1)

@@ -175,6 +175,20 @@ class UpstreamHealth(SQLModel, table=True):
     updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class StatusCount(SQLModel, table=True):
+    """How many jobs are in each status and events in each state, kept by database triggers.
+
+    The dashboard reads these few rows instead of counting 10^5 jobs; the triggers (migration 0002)
+    change them in the same transaction as the row they count, so they never drift.
+    """
+
+    __tablename__ = "status_count"
+
+    kind: str = Field(primary_key=True, max_length=16)  # the table counted: "job" or "event"
+    status: str = Field(primary_key=True, max_length=16)
+    n: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
+
+
 class Setting(SQLModel, table=True):
     """Values the service generates once and keeps (the webhook secret)."""
 

@@ -30,7 +30,7 @@ from app.simulator import Simulator, SimulatorConfig
 
 PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("RELAY_REQUIRE_POSTGRES") == "1"
-TEMPLATE = "relay_test_template"
+TEMPLATE = f"relay_test_template_{os.getpid()}"  # per run: parallel runs must not share it
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test value, not a real secret
 
 # Settings every relay in the tests starts from: fast ticks and short intervals (fractions of a second).

@@ -117,6 +117,8 @@ class Outbox:
         self.metrics.deliveries.labels(outcome).inc()
         self.metrics.delivery_latency.observe(result.duration_ms / 1000)
         async with self.db.write() as session:
+            # The job row first, as every writer does, so lock order is the same everywhere.
+            await session.execute(sa.select(Job.id).where(Job.id == item.job_id).with_for_update())
             updated = await session.execute(
                 sa.update(Event)
                 .where(Event.id == item.id, Event.lease_token == item.token)

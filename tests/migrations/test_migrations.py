@@ -55,3 +55,35 @@ def test_downgrade_and_upgrade_round_trip(db_url: str) -> None:
     assert _tables(db_url) <= {"alembic_version"}
     upgrade_to_head(db_url)
     assert _diff(db_url) == []
+
+
+def test_status_counts_follow_the_rows(db_url: str) -> None:
+    """The triggers keep status_count equal to a real count through inserts, updates and deletes."""
+
+    async def run() -> None:
+        engine = create_async_engine(async_url(db_url))
+        try:
+            async with engine.begin() as conn:
+                now = "2026-01-01 00:00:00"
+                for i, status in enumerate(["pending", "pending", "queueing", "completed"]):
+                    due = "NULL" if status == "completed" else f"'{now}'"
+                    await conn.execute(
+                        sa.text(
+                            "INSERT INTO job (video_model_id, status, callback_url, events, client_metadata, "
+                            "created_at, updated_at, expires_at, next_poll_at, poll_count, poll_interval, "
+                            f"not_found_count, delivery) VALUES ('j{i}', '{status}', 'http://x', '[]', '{{}}', "
+                            f"'{now}', '{now}', '{now}', {due}, 0, 1, 0, 'none')"
+                        )
+                    )
+                await conn.execute(sa.text("UPDATE job SET status = 'processing' WHERE video_model_id = 'j0'"))
+                await conn.execute(sa.text("UPDATE job SET progress = 5 WHERE video_model_id = 'j1'"))
+                await conn.execute(sa.text("DELETE FROM job WHERE video_model_id = 'j2'"))
+                real = dict((await conn.execute(sa.text("SELECT status, count(*) FROM job GROUP BY status"))).all())
+                kept = dict(
+                    (await conn.execute(sa.text("SELECT status, n FROM status_count WHERE kind = 'job'"))).all()
+                )
+            assert {k: v for k, v in kept.items() if v} == real == {"pending": 1, "processing": 1, "completed": 1}
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

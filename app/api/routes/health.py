@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import jobstore
 from app.api.deps import RelayDep
-from app.models import Event, Job, JobStatus
 
 router = APIRouter(tags=["health"])
 
@@ -39,14 +38,9 @@ async def readyz(relay: RelayDep) -> JSONResponse:
 async def metrics(relay: RelayDep) -> Response:
     m = relay.metrics
     async with relay.db.read() as session:
-        by_status = dict(
-            (await session.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status))).all()
-        )
-        by_state = dict(
-            (await session.execute(sa.select(Event.state, sa.func.count()).group_by(Event.state))).all()
-        )
-    for status in JobStatus:
-        m.jobs.labels(status.value).set(by_status.get(status.value, 0))
-    for state in ("pending", "retrying", "delivered", "dead"):
-        m.deliveries_by_state.labels(state).set(by_state.get(state, 0))
+        summary = await jobstore.summarize(session)
+    for status, count in summary.jobs.items():
+        m.jobs.labels(status).set(count)
+    for state, count in summary.deliveries.items():
+        m.deliveries_by_state.labels(state).set(count)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

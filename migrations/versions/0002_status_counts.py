@@ -1,0 +1,97 @@
+"""status counts kept by triggers, for a dashboard that does not count every row
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-24 17:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+JOB_STATUSES = ("pending", "queueing", "processing", "completed", "failed", "expired", "cancelled")
+EVENT_STATES = ("pending", "retrying", "delivered", "dead")
+COUNTED = (("job", "status", JOB_STATUSES), ("event", "state", EVENT_STATES))
+
+# PostgreSQL: one function for both tables (the counted column is the trigger's argument). The two
+# counter rows are always changed in the same (alphabetical) order, so two transactions moving rows
+# between the same statuses in opposite directions (a delivery and a redelivery) cannot deadlock.
+PG_FUNCTION = """
+CREATE FUNCTION relay_count_status() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_s text;
+    new_s text;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN old_s := to_jsonb(OLD) ->> TG_ARGV[0]; END IF;
+    IF TG_OP <> 'DELETE' THEN new_s := to_jsonb(NEW) ->> TG_ARGV[0]; END IF;
+    IF old_s IS NOT DISTINCT FROM new_s THEN RETURN NULL; END IF;
+    IF new_s IS NULL OR (old_s IS NOT NULL AND old_s < new_s) THEN
+        UPDATE status_count SET n = n - 1 WHERE kind = TG_TABLE_NAME AND status = old_s;
+        UPDATE status_count SET n = n + 1 WHERE kind = TG_TABLE_NAME AND status = new_s;
+    ELSE
+        UPDATE status_count SET n = n + 1 WHERE kind = TG_TABLE_NAME AND status = new_s;
+        UPDATE status_count SET n = n - 1 WHERE kind = TG_TABLE_NAME AND status = old_s;
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+
+def _sqlite_triggers(table: str, column: str) -> list[str]:
+    bump = "UPDATE status_count SET n = n {sign} 1 WHERE kind = '{table}' AND status = {row}.{column};"
+    plus = bump.format(sign="+", table=table, row="NEW", column=column)
+    minus = bump.format(sign="-", table=table, row="OLD", column=column)
+    return [
+        f"CREATE TRIGGER {table}_count_insert AFTER INSERT ON {table} BEGIN {plus} END",
+        f"CREATE TRIGGER {table}_count_update AFTER UPDATE OF {column} ON {table} "
+        f"WHEN OLD.{column} IS NOT NEW.{column} BEGIN {minus} {plus} END",
+        f"CREATE TRIGGER {table}_count_delete AFTER DELETE ON {table} BEGIN {minus} END",
+    ]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "status_count",
+        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("kind", "status"),
+    )
+    for table, column, values in COUNTED:
+        for value in values:
+            op.execute(
+                sa.text(
+                    f"INSERT INTO status_count (kind, status, n) "
+                    f"SELECT '{table}', '{value}', count(*) FROM {table} WHERE {column} = '{value}'"
+                )
+            )
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(PG_FUNCTION)
+        for table, column, _ in COUNTED:
+            op.execute(
+                f"CREATE TRIGGER {table}_count AFTER INSERT OR UPDATE OF {column} OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION relay_count_status('{column}')"
+            )
+    else:
+        for table, column, _ in COUNTED:
+            for statement in _sqlite_triggers(table, column):
+                op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for table, _, _ in COUNTED:
+            op.execute(f"DROP TRIGGER {table}_count ON {table}")
+        op.execute("DROP FUNCTION relay_count_status()")
+    else:
+        for table, _, _ in COUNTED:
+            for suffix in ("insert", "update", "delete"):
+                op.execute(f"DROP TRIGGER {table}_count_{suffix}")
+    op.drop_table("status_count")
