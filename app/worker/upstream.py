@@ -77,9 +77,11 @@ class HealthTracker:
         if not results and not throttled:
             return
         answered = [i for i, r in enumerate(results) if r.kind in ANSWERED]
-        pausing = [r for r in results if r.kind in PAUSING]
-        if pausing and not answered:
-            state, reason = "auth_failed", pausing[-1].detail
+        pausing = [i for i, r in enumerate(results) if r.kind in PAUSING]
+        if pausing and (not answered or pausing[-1] > answered[-1]):  # the latest word was a refusal
+            state, reason = "auth_failed", results[pausing[-1]].detail
+        elif self.paused and not answered:  # still paused: only an accepted request resumes
+            state, reason = "auth_failed", self.reason
         elif throttled:
             state, reason = "throttled", "Akool answered 1005 (too frequent); requests slowed down"
         else:
