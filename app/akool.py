@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from app.config import Settings
 
@@ -130,7 +131,17 @@ class AkoolClient:
         if result.kind == Kind.AUTH_FAILED and self.uses_token and result.code in (1101, None):
             self._token = None  # the token expired or was revoked: fetch a new one and ask again once
             result = await self._fetch_once(video_model_id)
-        return PollResult(result.kind, result.data, result.code, result.detail, time.perf_counter() - started)
+        detail = self._redact(result.detail)
+        return PollResult(result.kind, result.data, result.code, detail, time.perf_counter() - started)
+
+    def _redact(self, text: str) -> str:
+        """Akool's `msg` is shown on the dashboard; never let it carry our credentials back out."""
+        s = self._settings
+        for secret in (s.akool_api_key, s.akool_client_secret, self._token):
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            if value:
+                text = text.replace(value, "***")
+        return text
 
     async def _fetch_once(self, video_model_id: str) -> PollResult:
         try:

@@ -11,7 +11,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PositiveSeconds = Annotated[float, Field(gt=0)]
+# Durations: finite (inf and nan would overflow date arithmetic later), fractions allowed.
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class ConfigError(Exception):
@@ -28,7 +30,9 @@ class Settings(BaseSettings):
     akool_client_secret: SecretStr | None = Field(default=None, alias="AKOOL_CLIENT_SECRET")
     akool_base_url: str = Field(default="https://openapi.akool.com", alias="AKOOL_BASE_URL")
 
-    database_url: str = Field(default="sqlite:///./akool-relay.db", alias="DATABASE_URL")
+    database_url: str = Field(
+        default="sqlite:///./akool-relay.db", alias="DATABASE_URL", repr=False
+    )  # may hold a password
     database_pool_size: int = Field(default=10, ge=1, le=200, alias="RELAY_DB_POOL_SIZE")
     database_max_overflow: int = Field(default=10, ge=0, le=200, alias="RELAY_DB_MAX_OVERFLOW")
 
@@ -46,9 +50,9 @@ class Settings(BaseSettings):
     throttle_cooldown: PositiveSeconds = Field(default=30.0, alias="RELAY_THROTTLE_COOLDOWN")
     akool_timeout: PositiveSeconds = Field(default=10.0, alias="RELAY_AKOOL_TIMEOUT")
     job_timeout: PositiveSeconds = Field(default=86400.0, alias="RELAY_JOB_TIMEOUT")
-    not_found_grace: Annotated[float, Field(ge=0)] = Field(default=60.0, alias="RELAY_NOT_FOUND_GRACE")
+    not_found_grace: Seconds = Field(default=60.0, alias="RELAY_NOT_FOUND_GRACE")
     delivery_timeout: PositiveSeconds = Field(default=15.0, alias="RELAY_DELIVERY_TIMEOUT")
-    retry_schedule: Annotated[list[float], NoDecode] = Field(
+    retry_schedule: Annotated[list[Seconds], NoDecode] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
         alias="RELAY_RETRY_SCHEDULE",
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 import httpx
 import sqlalchemy as sa
@@ -71,6 +74,9 @@ class Relay:
             settings, db, AkoolClient(settings, self.akool_http), self.metrics, self.outbox.pump.wake
         )
         self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._ticks_running = 0
+        self._ticks_idle = asyncio.Event()
+        self._ticks_idle.set()
 
     def start(self) -> None:
         # A tick that finds the previous one still running is skipped by design (max_instances=1);
@@ -79,7 +85,7 @@ class Relay:
         interval = self.settings.tick_interval
         for name, func in (("poll", self.poller.tick), ("deliver", self.outbox.pump.fill)):
             self.scheduler.add_job(
-                func,
+                self._counted(func),
                 "interval",
                 seconds=interval,
                 id=name,
@@ -89,6 +95,21 @@ class Relay:
             )
         self.scheduler.start()
 
+    def _counted(self, tick: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """Wrap a tick so stop() can wait for it: cancelling a tick mid-query would strand its connection."""
+
+        async def run() -> None:
+            self._ticks_running += 1
+            self._ticks_idle.clear()
+            try:
+                await tick()
+            finally:
+                self._ticks_running -= 1
+                if not self._ticks_running:
+                    self._ticks_idle.set()
+
+        return run
+
     @property
     def running(self) -> bool:
         return bool(self.scheduler.running)
@@ -96,6 +117,9 @@ class Relay:
     async def stop(self) -> None:
         """Stop ticking, let in-flight work finish (bounded), release what did not, close clients."""
         if self.scheduler.running:
+            self.scheduler.pause()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ticks_idle.wait(), SHUTDOWN_GRACE)
             self.scheduler.shutdown(wait=False)
         await self.poller.pump.close(SHUTDOWN_GRACE)
         await self.outbox.pump.close(SHUTDOWN_GRACE)

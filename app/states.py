@@ -128,6 +128,8 @@ def _apply_seen(job: JobView, decision: Decision, data: dict[str, Any]) -> None:
         progress = max(0, min(100, progress))
     if target is None:  # an answer without a status we know: keep what we have, learn nothing
         return
+    if target != job.status and target not in ALLOWED[job.status]:
+        return  # a stale answer (e.g. queueing after processing): never move backwards
     if target == S.COMPLETED:
         fields["video_url"] = data.get("video") or None
         fields["audio_splits"] = (

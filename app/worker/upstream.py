@@ -78,6 +78,7 @@ class HealthTracker:
             return
         answered = [i for i, r in enumerate(results) if r.kind in ANSWERED]
         pausing = [i for i, r in enumerate(results) if r.kind in PAUSING]
+        reason: str | None
         if pausing and (not answered or pausing[-1] > answered[-1]):  # the latest word was a refusal
             state, reason = "auth_failed", results[pausing[-1]].detail
         elif self.paused and not answered:  # still paused: only an accepted request resumes

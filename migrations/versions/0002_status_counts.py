@@ -43,6 +43,18 @@ BEGIN
 END $$;
 """
 
+# Inserts are counted once per statement, so registering a batch of 1000 jobs changes the
+# counter once, not 1000 times (each change would leave a dead row version behind).
+PG_INSERT_FUNCTION = """
+CREATE FUNCTION relay_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE status_count c SET n = c.n + d.k
+      FROM (SELECT to_jsonb(r) ->> TG_ARGV[0] AS s, count(*) AS k FROM new_rows r GROUP BY 1) d
+     WHERE c.kind = TG_TABLE_NAME AND c.status = d.s;
+    RETURN NULL;
+END $$;
+"""
+
 
 def _sqlite_triggers(table: str, column: str) -> list[str]:
     bump = "UPDATE status_count SET n = n {sign} 1 WHERE kind = '{table}' AND status = {row}.{column};"
@@ -74,10 +86,15 @@ def upgrade() -> None:
             )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_FUNCTION)
+        op.execute(PG_INSERT_FUNCTION)
         for table, column, _ in COUNTED:
             op.execute(
-                f"CREATE TRIGGER {table}_count AFTER INSERT OR UPDATE OF {column} OR DELETE ON {table} "
+                f"CREATE TRIGGER {table}_count AFTER UPDATE OF {column} OR DELETE ON {table} "
                 f"FOR EACH ROW EXECUTE FUNCTION relay_count_status('{column}')"
+            )
+            op.execute(
+                f"CREATE TRIGGER {table}_count_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION relay_count_inserted('{column}')"
             )
     else:
         for table, column, _ in COUNTED:
@@ -89,7 +106,9 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table, _, _ in COUNTED:
             op.execute(f"DROP TRIGGER {table}_count ON {table}")
+            op.execute(f"DROP TRIGGER {table}_count_insert ON {table}")
         op.execute("DROP FUNCTION relay_count_status()")
+        op.execute("DROP FUNCTION relay_count_inserted()")
     else:
         for table, _, _ in COUNTED:
             for suffix in ("insert", "update", "delete"):
