@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 
 from app.config import ConfigError, Settings, load_settings
@@ -76,6 +77,9 @@ def _serve(settings: Settings, log_level: str) -> int:
 
     from app.main import create_app
 
+    # uvicorn re-raises the signal that stopped it once shutdown is complete; with the default
+    # SIGTERM handler that would kill us with -15 after a clean shutdown. Exit 0 instead.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -84,6 +88,10 @@ def _serve(settings: Settings, log_level: str) -> int:
         timeout_graceful_shutdown=15,
     )
     return 0
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    sys.exit(0)
 
 
 def _simulator(args: argparse.Namespace) -> int:

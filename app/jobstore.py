@@ -250,10 +250,11 @@ async def summarize(session: AsyncSession) -> Summary:
     jobs = {s.value: 0 for s in JobStatus}
     deliveries = {s.value: 0 for s in EventState}
     counters = {"job": jobs, "event": deliveries}
-    for kind, status, n in await session.execute(
-        sa.select(StatusCount.kind, StatusCount.status, StatusCount.n)
-    ):
-        counters[kind][status] = n
+    totals = sa.select(StatusCount.kind, StatusCount.status, sa.func.sum(StatusCount.n)).group_by(
+        StatusCount.kind, StatusCount.status
+    )
+    for kind, status, n in await session.execute(totals):
+        counters[kind][status] = int(n)
     oldest = (
         await session.execute(
             sa.select(Job.created_at).where(Job.next_poll_at.is_not(None)).order_by(Job.id).limit(1)

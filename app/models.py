@@ -178,7 +178,7 @@ class UpstreamHealth(SQLModel, table=True):
 class StatusCount(SQLModel, table=True):
     """How many jobs are in each status and events in each state, kept by database triggers.
 
-    The dashboard reads these few rows instead of counting 10^5 jobs; the triggers (migration 0002)
+    The dashboard sums these few rows instead of counting 10^5 jobs; the triggers (migration 0002)
     change them in the same transaction as the row they count, so they never drift.
     """
 
@@ -186,6 +186,7 @@ class StatusCount(SQLModel, table=True):
 
     kind: str = Field(primary_key=True, max_length=16)  # the table counted: "job" or "event"
     status: str = Field(primary_key=True, max_length=16)
+    shard: int = Field(primary_key=True)  # a count is the sum over its shards (less lock contention)
     n: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
 
 

@@ -120,8 +120,9 @@ class Relay:
             self.scheduler.pause()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ticks_idle.wait(), SHUTDOWN_GRACE)
+        # Both loops stop claiming at once; what is in flight gets one shared grace period.
+        await asyncio.gather(self.poller.pump.close(SHUTDOWN_GRACE), self.outbox.pump.close(SHUTDOWN_GRACE))
+        if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        await self.poller.pump.close(SHUTDOWN_GRACE)
-        await self.outbox.pump.close(SHUTDOWN_GRACE)
         await self.akool_http.aclose()
         await self.callback_http.aclose()

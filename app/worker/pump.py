@@ -100,8 +100,8 @@ class Pump(Generic[T]):
     async def close(self, timeout: float) -> None:
         """Stop claiming; let in-flight work finish within `timeout`, then cancel and release the rest."""
         self._closed = True
-        for waker in list(self._wakers):
-            waker.cancel()
+        if self._wakers:  # a claim in progress finishes (cancelling it mid-query would strand its lease)
+            await asyncio.wait(set(self._wakers), timeout=timeout)
         pending = set(self._inflight)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout)
