@@ -44,6 +44,7 @@ from app.schemas import (
 )
 from app.states import Cancelled, JobView, decide
 
+MAX_ID = 2**31 - 1  # job.id is a 32-bit integer on PostgreSQL
 INSERT_CHUNK = 500  # rows per INSERT: well under both databases' limit of bound parameters
 
 
@@ -223,7 +224,7 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a cursor this service issued") from None
     prefix, _, number = raw.partition(":")
-    if prefix != "id" or not number.isdigit():
+    if prefix != "id" or not (number.isascii() and number.isdigit()) or int(number) > MAX_ID:
         raise ValueError("not a cursor this service issued")
     return int(number)
 

@@ -21,6 +21,7 @@ from app.models import UpstreamHealth, utcnow
 # Answers that show Akool accepted our request (whatever it said about the job).
 ANSWERED = frozenset({Kind.OK, Kind.NOT_FOUND})
 THROTTLE_FLOOR = 0.05  # never slow below 1/20 of the configured rate
+SLOWDOWN_DEBOUNCE = 1.0  # seconds: 1005 answers closer together than this halve the rate once
 
 
 class RateLimiter:
@@ -30,6 +31,7 @@ class RateLimiter:
         self.cooldown = cooldown
         self._next_slot = time.monotonic()
         self._calm_at = 0.0  # when the current slow-down may be relaxed
+        self._halved_at = -SLOWDOWN_DEBOUNCE
         self._lock = asyncio.Lock()
 
     @property
@@ -37,21 +39,31 @@ class RateLimiter:
         return self.rate < self.base_rate
 
     async def acquire(self) -> None:
-        """Wait for the next request slot (slots are 1/rate apart; no bursts beyond one)."""
-        async with self._lock:
-            now = time.monotonic()
-            if self.throttled and now >= self._calm_at:
-                self.rate = min(self.base_rate, self.rate * 2)
-                self._calm_at = now + self.cooldown
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.rate
-        delay = slot - now
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Wait for the next request slot (slots are 1/rate apart; no bursts beyond one).
+
+        A slot is taken only when it is due, never reserved ahead: a slow-down then applies to
+        every waiting request at once, not after a backlog of slots booked at the old rate.
+        """
+        while True:
+            async with self._lock:
+                now = time.monotonic()
+                if self.throttled and now >= self._calm_at:
+                    self.rate = min(self.base_rate, self.rate * 2)
+                    self._calm_at = now + self.cooldown
+                if now >= self._next_slot:
+                    self._next_slot = now + 1.0 / self.rate
+                    return
+                wait = self._next_slot - now
+            await asyncio.sleep(wait)
 
     def slow_down(self) -> None:
-        self.rate = max(self.base_rate * THROTTLE_FLOOR, self.rate / 2)
-        self._calm_at = time.monotonic() + self.cooldown
+        """Halve the rate on a 1005; the answers of one burst (all in flight together) count once."""
+        now = time.monotonic()
+        if now - self._halved_at >= SLOWDOWN_DEBOUNCE:
+            self.rate = max(self.base_rate * THROTTLE_FLOOR, self.rate / 2)
+            self._halved_at = now
+        self._calm_at = now + self.cooldown
+        self._next_slot = max(self._next_slot, now + 1.0 / self.rate)
 
 
 class HealthTracker:

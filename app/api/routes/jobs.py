@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app import jobstore
 from app.api.deps import Authorized, RelayDep
@@ -15,7 +15,22 @@ from app.models import JobStatus
 from app.netguard import UnsafeCallbackURL, check_callback_url
 from app.schemas import BatchItem, BatchResult, JobBatch, JobCreate, JobDetail, JobPublic, JobsPage, JobUpdate
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized])
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    dependencies=[Authorized],
+    # 400: a body that cannot be read at all (not UTF-8); 413: over the size limit.
+    responses=_errors(400, 401, 413),
+)
 
 
 async def _check_callback(relay: RelayDep, url: str) -> None:
@@ -25,7 +40,9 @@ async def _check_callback(relay: RelayDep, url: str) -> None:
         raise field_error("callback_url", str(exc), url) from None
 
 
-@router.post("", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, 409: {}})
+@router.post(
+    "", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, **_errors(409)}
+)
 async def create_job(spec: JobCreate, relay: RelayDep, response: Response) -> JobPublic:
     await _check_callback(relay, spec.callback_url)
     [(status, job)] = await jobstore.register(relay.db, relay.settings, [spec])
@@ -78,25 +95,27 @@ async def list_jobs(
     return await jobstore.page(relay.db, status or [], limit, after)
 
 
-@router.get("/{video_model_id}", response_model=JobDetail, response_model_by_alias=True)
+@router.get(
+    "/{video_model_id}", response_model=JobDetail, response_model_by_alias=True, responses=_errors(404)
+)
 async def get_job(video_model_id: str, relay: RelayDep) -> JobDetail:
     return await jobstore.detail(relay.db, video_model_id)
 
 
-@router.patch("/{video_model_id}", response_model=JobPublic)
+@router.patch("/{video_model_id}", response_model=JobPublic, responses=_errors(404))
 async def update_job(video_model_id: str, change: JobUpdate, relay: RelayDep) -> JobPublic:
     if change.callback_url is not None:
         await _check_callback(relay, change.callback_url)
     return jobstore.public(await jobstore.update(relay.db, video_model_id, change))
 
 
-@router.delete("/{video_model_id}", status_code=204, response_class=Response)
+@router.delete("/{video_model_id}", status_code=204, response_class=Response, responses=_errors(404))
 async def cancel_job(video_model_id: str, relay: RelayDep) -> Response:
     await jobstore.cancel(relay.db, relay.settings, video_model_id)
     return Response(status_code=204)
 
 
-@router.post("/{video_model_id}/redeliver", status_code=202)
+@router.post("/{video_model_id}/redeliver", status_code=202, responses=_errors(404, 409))
 async def redeliver(video_model_id: str, relay: RelayDep) -> JSONResponse:
     event = await jobstore.redeliver(relay.db, video_model_id)
     relay.outbox.pump.wake()
