@@ -36,7 +36,15 @@ class RateLimiter:
 
     @property
     def throttled(self) -> bool:
+        self._relax(time.monotonic())
         return self.rate < self.base_rate
+
+    def _relax(self, now: float) -> None:
+        """Double the rate back once per quiet cool-down that has passed, busy or idle."""
+        if self.rate < self.base_rate and now >= self._calm_at:
+            steps = min(64, int((now - self._calm_at) // self.cooldown) + 1)
+            self.rate = min(self.base_rate, self.rate * 2**steps)
+            self._calm_at = now + self.cooldown
 
     async def acquire(self) -> None:
         """Wait for the next request slot (slots are 1/rate apart; no bursts beyond one).
@@ -47,9 +55,7 @@ class RateLimiter:
         while True:
             async with self._lock:
                 now = time.monotonic()
-                if self.throttled and now >= self._calm_at:
-                    self.rate = min(self.base_rate, self.rate * 2)
-                    self._calm_at = now + self.cooldown
+                self._relax(now)
                 if now >= self._next_slot:
                     self._next_slot = now + 1.0 / self.rate
                     return
@@ -85,9 +91,7 @@ class HealthTracker:
         return row
 
     async def record(self, results: list[PollResult], throttled: bool) -> None:
-        """Fold a batch of poll results into the shared row (one small write per batch)."""
-        if not results and not throttled:
-            return
+        """Fold a batch of poll results into the shared row (one small write per batch, if any)."""
         answered = [i for i, r in enumerate(results) if r.kind in ANSWERED]
         pausing = [i for i, r in enumerate(results) if r.kind in PAUSING]
         reason: str | None
@@ -99,6 +103,8 @@ class HealthTracker:
             state, reason = "throttled", "Akool answered 1005 (too frequent); requests slowed down"
         else:
             state, reason = "ok", None
+        if not results and state == self.state:
+            return  # nothing new to share
         self.state, self.reason, self.paused = state, reason, state == "auth_failed"
         now = utcnow()
         values: dict[str, object] = {"state": state, "reason": reason, "updated_at": now}
