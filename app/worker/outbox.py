@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,10 +20,22 @@ from app.metrics import Metrics
 from app.models import Attempt, Event, EventState, Job, utcnow
 from app.webhooks import AttemptResult, WebhookSender
 from app.worker import leases
+from app.worker.batch import BatchWriter
 from app.worker.pump import Pump
 from app.worker.retry import honour_retry_after, jittered, retry_delay
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tried:
+    """One attempt's outcome, waiting to be written."""
+
+    item: ClaimedEvent
+    result: AttemptResult
+    state: EventState
+    next_at: datetime | None
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -45,9 +57,13 @@ class Outbox:
         self.metrics = metrics
         # A lease outlives the longest attempt, so an event is never sent twice at once.
         self.lease_seconds = max(settings.lease_seconds, settings.delivery_timeout * 2)
+        self.writer: BatchWriter[Tried] = BatchWriter(db, self._write, then=self._wake)
         self.pump: Pump[ClaimedEvent] = Pump(
             "outbox", self.claim, self.deliver, self.release, capacity=settings.poll_concurrency
         )
+
+    def _wake(self) -> None:
+        self.pump.wake()
 
     async def deliver_due(self) -> int:
         """Run-once entry: claim one batch of due events and send it."""
@@ -101,6 +117,7 @@ class Outbox:
             await self.record(item, result or AttemptResult(None, "interrupted", 0.0))
 
     async def record(self, item: ClaimedEvent, result: AttemptResult) -> None:
+        """Decide what the attempt means for the event and write it (with other attempts' results)."""
         now = utcnow()
         attempts = item.attempts + 1
         if result.ok:
@@ -116,39 +133,44 @@ class Outbox:
                 state, next_at, outcome = EventState.RETRYING, now + timedelta(seconds=delay), "failed"
         self.metrics.deliveries.labels(outcome).inc()
         self.metrics.delivery_latency.observe(result.duration_ms / 1000)
-        async with self.db.write() as session:
-            # The job row first, as every writer does, so lock order is the same everywhere.
-            await session.execute(sa.select(Job.id).where(Job.id == item.job_id).with_for_update())
+        await self.writer.submit(Tried(item, result, state, next_at, now))
+
+    async def _write(self, session: AsyncSession, batch: list[Tried]) -> bool:
+        # Job rows first, locked in id order, as every writer does: the same lock order everywhere.
+        job_ids = sorted({t.item.job_id for t in batch})
+        await session.execute(sa.select(Job.id).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update())
+        delivered = False
+        for t in batch:
+            item = t.item
             updated = await session.execute(
                 sa.update(Event)
                 .where(Event.id == item.id, Event.lease_token == item.token)
                 .values(
-                    state=state,
-                    attempts=attempts,
-                    next_attempt_at=next_at,
-                    delivered_at=now if result.ok else None,
+                    state=t.state,
+                    attempts=item.attempts + 1,
+                    next_attempt_at=t.next_at,
+                    delivered_at=t.at if t.result.ok else None,
                     locked_until=None,
                     lease_token=None,
                 ),
                 execution_options={"synchronize_session": False},
             )
-            lease_held = updated.rowcount == 1
-            if not lease_held:
-                log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id)
             session.add(
                 Attempt(
                     event_id=item.id,
-                    at=now,
-                    status_code=result.status_code,
-                    error=result.error,
-                    duration_ms=round(result.duration_ms, 3),
-                    response_excerpt=result.excerpt,
+                    at=t.at,
+                    status_code=t.result.status_code,
+                    error=t.result.error,
+                    duration_ms=round(t.result.duration_ms, 3),
+                    response_excerpt=t.result.excerpt,
                 )
             )
-            if lease_held:
-                await _mirror_delivery_state(session, item.job_id, item.id, state)
-        if state == EventState.DELIVERED:
-            self.pump.wake()  # the job's next event may be waiting on this one
+            if updated.rowcount != 1:
+                log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id)
+                continue
+            await _mirror_delivery_state(session, item.job_id, item.id, t.state)
+            delivered = delivered or t.state == EventState.DELIVERED
+        return delivered  # a job's next event may be waiting on a delivered one: wake the pump
 
 
 async def _mirror_delivery_state(session: AsyncSession, job_id: int, event_id: int, state: str) -> None:

@@ -1,7 +1,8 @@
 """The poll loop: claim due jobs, ask Akool, and turn each answer into a state change.
 
-Where a poll result becomes a state change: `Poller.apply()` → `states.decide()`; the job row, its
-transition rows and its outbox events are written there, in one transaction.
+Where a poll result becomes a state change: `Poller._write()` → `states.decide()`; the job row, its
+transition rows and its outbox events are written there, in one transaction (shared with the other
+polls that finished meanwhile: see worker/batch.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.akool import PAUSING, AkoolClient, Kind, PollResult
 from app.config import Settings
@@ -22,6 +24,7 @@ from app.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
 from app.record import write_decision
 from app.states import Decision, Expired, JobView, NotFound, Observation, Seen, decide
 from app.worker import leases
+from app.worker.batch import BatchWriter
 from app.worker.pump import Pump
 from app.worker.upstream import ANSWERED, HealthTracker, RateLimiter
 
@@ -34,6 +37,15 @@ class ClaimedJob:
     video_model_id: str
     expires_at: datetime
     token: str
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What one poll (or the clock) found out about a claimed job."""
+
+    item: ClaimedJob
+    observation: Observation | None
+    result: PollResult | None
 
 
 class Poller:
@@ -55,6 +67,7 @@ class Poller:
         self.pump: Pump[ClaimedJob] = Pump(
             "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency
         )
+        self.writer: BatchWriter[Learned] = BatchWriter(db, self._write, then=on_events)
         self._results: list[PollResult] = []  # since the last health write
         self._probe_after = 0.0  # monotonic time of the next probe while paused
 
@@ -76,6 +89,9 @@ class Poller:
         await self.health.refresh()
 
     async def claim(self, n: int) -> list[ClaimedJob]:
+        # Claim no more than the rate limiter lets out within a quarter of a lease: a claimed job
+        # waiting for its request slot must never outlive its lease (another replica would take it).
+        n = min(n, max(1, int(self.limiter.rate * self.settings.lease_seconds / 4)))
         now = utcnow()
         due = sa.select(Job.id).where(Job.next_poll_at <= now, leases.lease_free(Job, now))
         batches = []
@@ -139,17 +155,27 @@ class Poller:
     async def apply(
         self, item: ClaimedJob, observation: Observation | None, result: PollResult | None
     ) -> None:
-        """Write what one poll learned: job row, transitions and events in one transaction."""
-        new_events = False
-        async with self.db.write() as session:
-            job = (
+        """Write what one poll learned (committed together with other polls' results)."""
+        await self.writer.submit(Learned(item, observation, result))
+
+    async def _write(self, session: AsyncSession, batch: list[Learned]) -> bool:
+        """One transaction: for each poll, its job row, transitions and outbox events."""
+        ids = sorted(learned.item.id for learned in batch)
+        # Job rows locked in id order, as every writer that locks several does.
+        jobs = {
+            job.id: job
+            for job in (
                 await session.execute(
-                    sa.select(Job).where(Job.id == item.id, Job.lease_token == item.token).with_for_update()
+                    sa.select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
                 )
-            ).scalar_one_or_none()
-            if job is None or job.status in TERMINAL_STATUSES:
-                return  # our lease was lost (or the client cancelled): someone else owns this row now
-            now = utcnow()
+            ).scalars()
+        }
+        now = utcnow()
+        new_events = False
+        for learned in batch:
+            job = jobs.get(learned.item.id)
+            if job is None or job.lease_token != learned.item.token or job.status in TERMINAL_STATUSES:
+                continue  # our lease was lost (or the client cancelled): someone else owns this row now
             view = JobView(
                 JobStatus(job.status),
                 job.progress,
@@ -158,13 +184,12 @@ class Poller:
                 job.not_found_since,
             )
             decision = (
-                decide(view, observation, now, self.settings.not_found_grace)
-                if observation is not None
+                decide(view, learned.observation, now, self.settings.not_found_grace)
+                if learned.observation is not None
                 else Decision(status=view.status)
             )
-            write_decision(session, job, decision, now, self.settings, polled=result is not None)
+            write_decision(session, job, decision, now, self.settings, polled=learned.result is not None)
             for _, to_status, _ in decision.transitions:
                 self.metrics.transitions.labels(to_status.value).inc()
-            new_events = bool(decision.events)
-        if new_events:
-            self.on_events()
+            new_events = new_events or bool(decision.events)
+        return new_events  # wake the outbox once these events are committed
