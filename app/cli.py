@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from types import FrameType
 
 from app.config import ConfigError, Settings, load_settings
 
@@ -77,16 +78,24 @@ def _serve(settings: Settings, log_level: str) -> int:
 
     from app.main import create_app
 
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn first drains open HTTP connections, then runs the lifespan shutdown; stop
+            # taking new polls and deliveries now, not after that drain.
+            relay = getattr(app.state, "relay", None)
+            if relay is not None:
+                asyncio.get_running_loop().call_soon_threadsafe(relay.quiesce)
+            super().handle_exit(sig, frame)
+
     # uvicorn re-raises the signal that stopped it once shutdown is complete; with the default
     # SIGTERM handler that would kill us with -15 after a clean shutdown. Exit 0 instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        timeout_graceful_shutdown=15,
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=15
     )
+    Server(config).run()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay = Relay(settings, db, await ensure_webhook_secret(db, settings))
         app.state.relay = relay
         relay.start()
+        # Start-up leaves many long-lived objects; freezing them keeps the first full GC pass
+        # (measured at 70-90 ms) from stalling a tick.
+        gc.collect()
+        gc.freeze()
         relay.outbox.pump.wake()  # undelivered events from before a restart go out now
         relay.poller.pump.wake()
         try:

@@ -114,6 +114,13 @@ class Relay:
     def running(self) -> bool:
         return bool(self.scheduler.running)
 
+    def quiesce(self) -> None:
+        """First step of a shutdown (on SIGTERM): no new ticks, no new claims."""
+        if self.scheduler.running:
+            self.scheduler.pause()
+        self.poller.pump.stop_claiming()
+        self.outbox.pump.stop_claiming()
+
     async def stop(self) -> None:
         """Stop ticking, let in-flight work finish (bounded), release what did not, close clients."""
         if self.scheduler.running:

@@ -97,6 +97,10 @@ class Pump(Generic[T]):
         await asyncio.gather(*(self._guarded(item) for item in items))
         return len(items)
 
+    def stop_claiming(self) -> None:
+        """Take no new work from now on (in-flight work carries on; close() waits for it)."""
+        self._closed = True
+
     async def close(self, timeout: float) -> None:
         """Stop claiming; let in-flight work finish within `timeout`, then cancel and release the rest."""
         self._closed = True
