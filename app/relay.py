@@ -123,11 +123,10 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop ticking, let in-flight work finish (bounded), release what did not, close clients."""
-        if self.scheduler.running:
-            self.scheduler.pause()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ticks_idle.wait(), SHUTDOWN_GRACE)
-        # Both loops stop claiming at once; what is in flight gets one shared grace period.
+        self.quiesce()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ticks_idle.wait(), SHUTDOWN_GRACE)
+        # Both loops have stopped claiming; what is in flight gets one shared grace period.
         await asyncio.gather(self.poller.pump.close(SHUTDOWN_GRACE), self.outbox.pump.close(SHUTDOWN_GRACE))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
