@@ -126,7 +126,7 @@ async def run_replicas(pg_db_url: str, tmp_path: Any, *, kill_one: bool) -> dict
         figures["settled_in"] = round(
             await wait_until(
                 lambda: settled(pg_db_url, JOBS),
-                75,
+                180,  # CI machines are slow and shared: a wait, not a speed target
                 "all jobs terminal and all events delivered",
                 interval=0.2,
             ),
