@@ -20,7 +20,6 @@ from app.metrics import Metrics
 from app.models import Attempt, Event, EventState, Job, utcnow
 from app.webhooks import AttemptResult, WebhookSender
 from app.worker import leases
-from app.worker.batch import BatchWriter
 from app.worker.pump import Pump
 from app.worker.retry import honour_retry_after, jittered, retry_delay
 
@@ -57,7 +56,6 @@ class Outbox:
         self.metrics = metrics
         # A lease outlives the longest attempt, so an event is never sent twice at once.
         self.lease_seconds = max(settings.lease_seconds, settings.delivery_timeout * 2)
-        self.writer: BatchWriter[Tried] = BatchWriter(db, self._write, then=self._wake)
         self.pump: Pump[ClaimedEvent] = Pump(
             "outbox", self.claim, self.deliver, self.release, capacity=settings.poll_concurrency
         )
@@ -133,7 +131,12 @@ class Outbox:
                 state, next_at, outcome = EventState.RETRYING, now + timedelta(seconds=delay), "failed"
         self.metrics.deliveries.labels(outcome).inc()
         self.metrics.delivery_latency.observe(result.duration_ms / 1000)
-        await self.writer.submit(Tried(item, result, state, next_at, now))
+        # Written at once, not group-committed: a result queued behind other writers could outlive
+        # the event's lease, and another replica would send the callback again (seen on PostgreSQL).
+        async with self.db.write() as session:
+            delivered = await self._write(session, [Tried(item, result, state, next_at, now)])
+        if delivered:
+            self._wake()
 
     async def _write(self, session: AsyncSession, batch: list[Tried]) -> bool:
         # Job rows first, locked in id order, as every writer does: the same lock order everywhere.
