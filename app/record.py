@@ -24,7 +24,8 @@ def new_webhook_id() -> str:
 
 def write_decision(
     session: AsyncSession, job: Job, decision: Decision, now: datetime, settings: Settings, *, polled: bool
-) -> None:
+) -> list[Event]:
+    """Apply `decision` to `job` (loaded in `session`); returns the new outbox events, oldest first."""
     assert job.id is not None, "the job row is loaded from the database"
     for key, value in decision.fields.items():
         setattr(job, key, value)
@@ -51,15 +52,18 @@ def write_decision(
         job.next_poll_at = min(now + timedelta(seconds=jittered(job.poll_interval)), job.expires_at)
     job.locked_until = None
     job.lease_token = None
-    for name in decision.events:
-        job.delivery = EventState.PENDING
-        session.add(
-            Event(
-                webhook_id=new_webhook_id(),
-                job_id=job.id,
-                type=f"job.{name}",
-                body=callback_body(job, name, now),
-                created_at=now,
-                next_attempt_at=now,
-            )
+    events = [
+        Event(
+            webhook_id=new_webhook_id(),
+            job_id=job.id,
+            type=f"job.{name}",
+            body=callback_body(job, name, now),
+            created_at=now,
+            next_attempt_at=now,
         )
+        for name in decision.events
+    ]
+    if events:
+        job.delivery = EventState.PENDING
+        session.add_all(events)
+    return events

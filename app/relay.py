@@ -70,9 +70,7 @@ class Relay:
             WebhookSender(webhook_secret, self.callback_http, settings.delivery_timeout),
             self.metrics,
         )
-        self.poller = Poller(
-            settings, db, AkoolClient(settings, self.akool_http), self.metrics, self.outbox.pump.wake
-        )
+        self.poller = Poller(settings, db, AkoolClient(settings, self.akool_http), self.metrics, self.outbox)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._ticks_running = 0
         self._ticks_idle = asyncio.Event()

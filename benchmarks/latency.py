@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import profiling
 from benchmarks.common import API_KEY, BASE_ENV, WEBHOOK_SECRET, Proc, ms, percentile, say
 from benchmarks.data import Databases
 from benchmarks.poll import sim_stats
@@ -67,6 +68,9 @@ def run(dbs: Databases, opts: Any, log_dir: Path) -> dict[str, Any]:
             for lo in range(0, n, 1000):
                 http.post(f"{relay.url}/jobs/batch", json={"jobs": jobs[lo : lo + 1000]}).raise_for_status()
             deadline = t0 + opts.latency_timeout
+            sampler = None
+            if opts.profile_dir is not None:
+                sampler = profiling.Sampler(relay.pid, 8, opts.profile_dir / "latency-relay.txt")
             accepted: list[list[Any]] = []
             while time.monotonic() < deadline:
                 time.sleep(1.0)
@@ -75,6 +79,7 @@ def run(dbs: Databases, opts: Any, log_dir: Path) -> dict[str, Any]:
                     break
             run_s = time.monotonic() - t0
             cpu = relay.cpu_seconds() - cpu0
+            profile = sampler.summary() if sampler is not None else None
         stats = sim_stats(sim)
     sent: dict[str, float] = stats["terminal_sent_at"]
     arrived: dict[str, float] = {}
@@ -93,6 +98,8 @@ def run(dbs: Databases, opts: Any, log_dir: Path) -> dict[str, Any]:
         "relay_cpu_utilisation": round(cpu / run_s, 2),
         **summary(latencies),
     }
+    if profile is not None:
+        figures["profile"] = profile
     say(
         f"[latency]   p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms "
         f"({len(arrived)}/{n} callbacks in {run_s:.0f} s)"

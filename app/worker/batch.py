@@ -18,18 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import Database
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_BATCH = 128
 
 
-class BatchWriter(Generic[T]):
-    """`write(session, batch)` returns True when `then()` should run once the batch is committed."""
+class BatchWriter(Generic[T, R]):
+    """`write(session, batch)` runs in the transaction; `then(what write returned)` after its commit."""
 
     def __init__(
         self,
         db: Database,
-        write: Callable[[AsyncSession, list[T]], Awaitable[bool]],
-        then: Callable[[], None],
+        write: Callable[[AsyncSession, list[T]], Awaitable[R]],
+        then: Callable[[R], None],
     ) -> None:
         self._db = db
         self._write = write
@@ -49,7 +50,7 @@ class BatchWriter(Generic[T]):
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 async with self._db.write() as session:
-                    follow_up = await self._write(session, [item for item, _ in batch])
+                    outcome = await self._write(session, [item for item, _ in batch])
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():
@@ -62,5 +63,4 @@ class BatchWriter(Generic[T]):
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
-                if follow_up:
-                    self._then()
+                self._then(outcome)

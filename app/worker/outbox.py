@@ -2,6 +2,9 @@
 
 An event is the outbox row written with the state change; each attempt adds an attempt row. A job's
 later event is not claimable while an earlier one is unsettled, which keeps callbacks in order.
+
+New events need not wait for a claim: the poller calls `lease_new()` in the transaction that writes
+them, and `hand_over()` once it commits, so a callback goes out without a second turn of the write lock.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ class ClaimedEvent:
     callback_url: str = ""
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """What a poll transaction leased for the outbox: events to send now, and whether others wait."""
+
+    events: list[ClaimedEvent]
+    waiting: bool
+
+
 class Outbox:
     def __init__(self, settings: Settings, db: Database, sender: WebhookSender, metrics: Metrics) -> None:
         self.settings = settings
@@ -62,6 +73,52 @@ class Outbox:
 
     def _wake(self) -> None:
         self.pump.wake()
+
+    async def lease_new(self, session: AsyncSession, created: list[tuple[Job, list[Event]]]) -> Handoff:
+        """In the caller's transaction: lease the new events that may go out at once, up to free slots.
+
+        Only a job's first new event, and only when none of its earlier events is unsettled (the order
+        claim() keeps); the rest are left for claim(). Flushes, so the leased events have their ids.
+        """
+        if not created:
+            return Handoff([], waiting=False)
+        with session.no_autoflush:  # earlier events only: the new ones are not inserted yet
+            busy = set(
+                (
+                    await session.execute(
+                        sa.select(Event.job_id)
+                        .where(
+                            Event.job_id.in_([job.id for job, _ in created]),
+                            Event.next_attempt_at.is_not(None),
+                        )
+                        .distinct()
+                    )
+                ).scalars()
+            )
+        token, room = leases.new_token(), self.pump.room
+        until = utcnow() + timedelta(seconds=self.lease_seconds)
+        leased: list[tuple[Job, Event]] = []
+        waiting = False
+        for job, (first, *later) in created:
+            if job.id in busy or len(leased) >= room:
+                waiting = True
+                continue
+            waiting = waiting or bool(later)
+            first.locked_until, first.lease_token = until, token
+            leased.append((job, first))
+        await session.flush()
+        claimed = [
+            ClaimedEvent(e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url)
+            for job, e in leased
+            if e.id is not None
+        ]
+        return Handoff(claimed, waiting)
+
+    def hand_over(self, handoff: Handoff) -> None:
+        """After the poll transaction committed: send what it leased, claim what it left."""
+        self.pump.adopt(handoff.events)
+        if handoff.waiting:
+            self._wake()
 
     async def deliver_due(self) -> int:
         """Run-once entry: claim one batch of due events and send it."""

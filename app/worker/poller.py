@@ -2,14 +2,13 @@
 
 Where a poll result becomes a state change: `Poller._write()` → `states.decide()`; the job row, its
 transition rows and its outbox events are written there, in one transaction (shared with the other
-polls that finished meanwhile: see worker/batch.py).
+polls that finished meanwhile: see worker/batch.py); new events are handed straight to the outbox.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,11 +19,12 @@ from app.akool import PAUSING, AkoolClient, Kind, PollResult
 from app.config import Settings
 from app.db import Database
 from app.metrics import Metrics
-from app.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from app.models import TERMINAL_STATUSES, Event, Job, JobStatus, utcnow
 from app.record import write_decision
 from app.states import Decision, Expired, JobView, NotFound, Observation, Seen, decide
 from app.worker import leases
 from app.worker.batch import BatchWriter
+from app.worker.outbox import Handoff, Outbox
 from app.worker.pump import Pump
 from app.worker.upstream import ANSWERED, HealthTracker, RateLimiter
 
@@ -55,19 +55,19 @@ class Poller:
         db: Database,
         akool: AkoolClient,
         metrics: Metrics,
-        on_events: Callable[[], None],
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.db = db
         self.akool = akool
         self.metrics = metrics
-        self.on_events = on_events
+        self.outbox = outbox
         self.limiter = RateLimiter(settings.akool_rate_limit, cooldown=settings.throttle_cooldown)
         self.health = HealthTracker(db)
         self.pump: Pump[ClaimedJob] = Pump(
             "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency
         )
-        self.writer: BatchWriter[Learned] = BatchWriter(db, self._write, then=on_events)
+        self.writer: BatchWriter[Learned, Handoff] = BatchWriter(db, self._write, then=outbox.hand_over)
         self._results: list[PollResult] = []  # since the last health write
         self._probe_after = 0.0  # monotonic time of the next probe while paused
 
@@ -158,8 +158,12 @@ class Poller:
         """Write what one poll learned (committed together with other polls' results)."""
         await self.writer.submit(Learned(item, observation, result))
 
-    async def _write(self, session: AsyncSession, batch: list[Learned]) -> bool:
-        """One transaction: for each poll, its job row, transitions and outbox events."""
+    async def _write(self, session: AsyncSession, batch: list[Learned]) -> Handoff:
+        """One transaction: for each poll, its job row, transitions and outbox events.
+
+        The new events that may go out at once are leased here too and handed to the outbox after
+        the commit (see Outbox.lease_new).
+        """
         ids = sorted(learned.item.id for learned in batch)
         # Job rows locked in id order, as every writer that locks several does.
         jobs = {
@@ -171,7 +175,7 @@ class Poller:
             ).scalars()
         }
         now = utcnow()
-        new_events = False
+        created: list[tuple[Job, list[Event]]] = []
         for learned in batch:
             job = jobs.get(learned.item.id)
             if job is None or job.lease_token != learned.item.token or job.status in TERMINAL_STATUSES:
@@ -188,8 +192,11 @@ class Poller:
                 if learned.observation is not None
                 else Decision(status=view.status)
             )
-            write_decision(session, job, decision, now, self.settings, polled=learned.result is not None)
+            events = write_decision(
+                session, job, decision, now, self.settings, polled=learned.result is not None
+            )
             for _, to_status, _ in decision.transitions:
                 self.metrics.transitions.labels(to_status.value).inc()
-            new_events = new_events or bool(decision.events)
-        return new_events  # wake the outbox once these events are committed
+            if events:
+                created.append((job, events))
+        return await self.outbox.lease_new(session, created)

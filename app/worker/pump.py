@@ -3,7 +3,8 @@
 The poller and the outbox are both a `Pump`: `claim(n)` leases up to n due rows, `work(item)` does
 one and writes its result. The scheduler's tick calls `fill()`; a finished item wakes it too, so a
 busy loop does not wait for the next tick, and `wake()` lets another loop say "there is work now".
-`run_once()` is the step-by-step entry for tests: claim one batch and finish it.
+`adopt()` starts items another loop leased for us (the poller hands over new events it leased in its
+own transaction). `run_once()` is the step-by-step entry for tests: claim one batch and finish it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ class Pump(Generic[T]):
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def room(self) -> int:
+        """Free slots (none once closed): how many items another loop may lease for `adopt()`."""
+        return 0 if self._closed else max(0, self.capacity - len(self._inflight))
+
+    def adopt(self, items: list[T]) -> None:
+        """Work on items leased elsewhere. After close() they are left alone: their leases expire and
+        the items come back (claimed by whoever runs next), so nothing is lost."""
+        if not self._closed:
+            for item in items:
+                self._start(item)
+
+    def _start(self, item: T) -> None:
+        task = asyncio.create_task(self._guarded(item), name=f"{self.name}-work")
+        self._inflight[task] = item
+        task.add_done_callback(self._done)
+
     async def fill(self) -> int:
         """Claim work for every free slot; returns how many items were started."""
         if self._closed:
@@ -58,9 +76,7 @@ class Pump(Generic[T]):
                     break
                 items = await self._claim(free)
                 for item in items:
-                    task = asyncio.create_task(self._guarded(item), name=f"{self.name}-work")
-                    self._inflight[task] = item
-                    task.add_done_callback(self._done)
+                    self._start(item)
                 started += len(items)
                 if len(items) < free and not self._again:
                     break
