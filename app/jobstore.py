@@ -45,7 +45,11 @@ from app.schemas import (
 from app.states import Cancelled, JobView, decide
 
 MAX_ID = 2**31 - 1  # job.id is a 32-bit integer on PostgreSQL
-INSERT_CHUNK = 500  # rows per INSERT: well under both databases' limit of bound parameters
+
+# One executemany of a cached statement. RETURNING makes SQLAlchemy send it as multi-row INSERTs of up
+# to 1,000 rows ("insertmanyvalues"), so PostgreSQL's statement-level count trigger runs once per page,
+# not once per row; and unlike `insert().values([...])` nothing is compiled per request.
+INSERT_JOBS = sa.insert(Job.__table__).returning(Job.__table__.c.id)
 
 
 def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str, Any]:
@@ -66,7 +70,33 @@ def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str,
     }
 
 
-async def register(db: Database, settings: Settings, specs: Sequence[JobCreate]) -> list[tuple[int, Job]]:
+def _public_of_new(row: dict[str, Any]) -> JobPublic:
+    """What `public()` shows of a job just inserted from `row`, without loading it back."""
+    return JobPublic(
+        video_model_id=row["video_model_id"],
+        status=row["status"],
+        video_status=None,
+        progress=None,
+        video_url=None,
+        error_code=None,
+        error_reason=None,
+        audio_splits=None,
+        callback_url=row["callback_url"],
+        events=row["events"],
+        metadata=row["client_metadata"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=None,
+        last_polled_at=None,
+        next_poll_at=row["next_poll_at"],
+        poll_count=0,
+        delivery=row["delivery"],
+    )
+
+
+async def register(
+    db: Database, settings: Settings, specs: Sequence[JobCreate]
+) -> list[tuple[int, JobPublic]]:
     """Track each job; returns (201 new | 200 already tracked alike, job) per spec, in order.
 
     A conflict (tracked with another callback URL) is (409, existing job).
@@ -80,29 +110,27 @@ async def register(db: Database, settings: Settings, specs: Sequence[JobCreate])
 
 async def _register_once(
     db: Database, settings: Settings, specs: Sequence[JobCreate]
-) -> list[tuple[int, Job]]:
+) -> list[tuple[int, JobPublic]]:
     now = utcnow()
     ids = {s.video_model_id for s in specs}
     async with db.write() as session:
-        existing = {
-            j.video_model_id: j
+        existing: dict[str, tuple[str, JobPublic]] = {
+            j.video_model_id: (j.callback_url, public(j))
             for j in (await session.execute(sa.select(Job).where(Job.video_model_id.in_(ids)))).scalars()
         }
         rows: list[dict[str, Any]] = []
-        results: list[tuple[int, Job]] = []
+        results: list[tuple[int, JobPublic]] = []
         for spec in specs:
-            job = existing.get(spec.video_model_id)
-            if job is None:
+            known = existing.get(spec.video_model_id)
+            if known is None:
                 row = new_job_row(spec, now, settings)
                 rows.append(row)
-                job = Job(**row)
-                existing[spec.video_model_id] = job
-                results.append((201, job))
+                known = existing[spec.video_model_id] = (spec.callback_url, _public_of_new(row))
+                results.append((201, known[1]))
             else:
-                results.append((200 if job.callback_url == spec.callback_url else 409, job))
-        # Multi-row INSERT statements (not executemany), so the count triggers run once per chunk.
-        for start in range(0, len(rows), INSERT_CHUNK):
-            await session.execute(sa.insert(Job).values(rows[start : start + INSERT_CHUNK]))
+                results.append((200 if known[0] == spec.callback_url else 409, known[1]))
+        if rows:
+            await session.execute(INSERT_JOBS, rows)
     return results
 
 

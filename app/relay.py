@@ -53,7 +53,9 @@ class Relay:
         self.settings = settings
         self.db = db
         self.metrics = Metrics()
-        limits = httpx.Limits(max_connections=settings.poll_concurrency * 2)
+        limits = httpx.Limits(
+            max_connections=settings.poll_concurrency, max_keepalive_connections=settings.poll_concurrency
+        )
         self.akool_http = httpx.AsyncClient(
             timeout=settings.akool_timeout,
             limits=limits,

@@ -33,11 +33,18 @@ router = APIRouter(
 )
 
 
-async def _check_callback(relay: RelayDep, url: str) -> None:
+async def _why_refused(relay: RelayDep, url: str) -> str | None:
+    """Why a callback URL is refused (SSRF guard: private addresses, no DNS answer), or None."""
     try:
         await check_callback_url(url, allow_private=relay.settings.allow_private_callbacks)
     except UnsafeCallbackURL as exc:
-        raise field_error("callback_url", str(exc), url) from None
+        return str(exc)
+    return None
+
+
+async def _check_callback(relay: RelayDep, url: str) -> None:
+    if (reason := await _why_refused(relay, url)) is not None:
+        raise field_error("callback_url", reason, url)
 
 
 @router.post(
@@ -51,22 +58,24 @@ async def create_job(spec: JobCreate, relay: RelayDep, response: Response) -> Jo
     response.status_code = status
     if status == 201:
         relay.poller.pump.wake()
-    return jobstore.public(job)
+    return job
 
 
 @router.post("/batch", response_model=BatchResult)
 async def create_jobs(batch: JobBatch, relay: RelayDep) -> BatchResult:
     items: list[BatchItem | None] = []
     valid: list[tuple[int, JobCreate]] = []
+    refused: dict[str, str | None] = {}  # callback URL → why it is refused; a batch mostly repeats one
     for index, raw in enumerate(batch.jobs):
         try:
             spec = JobCreate.model_validate(raw)
-            await check_callback_url(spec.callback_url, allow_private=relay.settings.allow_private_callbacks)
         except ValidationError as exc:
             items.append(BatchItem(status=422, detail=exc.errors(include_url=False, include_context=False)))
             continue
-        except UnsafeCallbackURL as exc:
-            items.append(BatchItem(status=422, detail=[{"loc": ["callback_url"], "msg": str(exc)}]))
+        if spec.callback_url not in refused:
+            refused[spec.callback_url] = await _why_refused(relay, spec.callback_url)
+        if (reason := refused[spec.callback_url]) is not None:
+            items.append(BatchItem(status=422, detail=[{"loc": ["callback_url"], "msg": reason}]))
             continue
         items.append(None)
         valid.append((index, spec))
@@ -74,7 +83,7 @@ async def create_jobs(batch: JobBatch, relay: RelayDep) -> BatchResult:
         registered = await jobstore.register(relay.db, relay.settings, [spec for _, spec in valid])
         for (index, _), (status, job) in zip(valid, registered, strict=True):
             detail = CallbackConflict.default_detail if status == 409 else None
-            items[index] = BatchItem(status=status, job=jobstore.public(job), detail=detail)
+            items[index] = BatchItem(status=status, job=job, detail=detail)
         relay.poller.pump.wake()
     return BatchResult(results=[i for i in items if i is not None])
 
