@@ -113,7 +113,7 @@ async def _register_once(
 ) -> list[tuple[int, JobPublic]]:
     now = utcnow()
     ids = {s.video_model_id for s in specs}
-    async with db.write() as session:
+    async with db.write(urgent=True) as session:  # a client waits
         existing: dict[str, tuple[str, JobPublic]] = {
             j.video_model_id: (j.callback_url, public(j))
             for j in (await session.execute(sa.select(Job).where(Job.video_model_id.in_(ids)))).scalars()
@@ -194,7 +194,7 @@ async def detail(db: Database, video_model_id: str) -> JobDetail:
 
 
 async def update(db: Database, video_model_id: str, change: JobUpdate) -> Job:
-    async with db.write() as session:
+    async with db.write(urgent=True) as session:  # a client waits
         job = await get_job(session, video_model_id, for_update=True)
         if change.callback_url is not None:
             job.callback_url = change.callback_url
@@ -208,7 +208,7 @@ async def update(db: Database, video_model_id: str, change: JobUpdate) -> Job:
 
 async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
     """Stop tracking: the job becomes `cancelled` (a finished job stays as it is)."""
-    async with db.write() as session:
+    async with db.write(urgent=True) as session:  # a client waits
         job = await get_job(session, video_model_id, for_update=True)
         view = JobView(JobStatus(job.status), job.progress, tuple(job.events))
         now = utcnow()
@@ -219,7 +219,7 @@ async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
 
 async def redeliver(db: Database, video_model_id: str) -> Event:
     """Queue the job's latest event again, same webhook-id, with a fresh retry schedule."""
-    async with db.write() as session:
+    async with db.write(urgent=True) as session:  # a client waits
         job = await get_job(session, video_model_id, for_update=True)
         event = (
             await session.execute(

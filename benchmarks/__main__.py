@@ -29,6 +29,13 @@ def _sizes(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
 
 
+def _rates(text: str) -> list[float]:
+    rates = [float(part) for part in text.split(",") if part.strip()]
+    if not rates or any(r < 0 for r in rates):
+        raise argparse.ArgumentTypeError("expected rates ≥ 0, e.g. 100,0")
+    return rates
+
+
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in MEASUREMENTS]
@@ -72,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-jobs", type=int, default=1000)
     p.add_argument(
         "--latency-poll-interval", type=float, default=0.5, help="RELAY_POLL_INTERVAL_MIN (max ×4)"
+    )
+    p.add_argument(
+        "--latency-rates",
+        type=_rates,
+        default=[100.0, 0.0],
+        help="RELAY_AKOOL_RATE_LIMIT per run, comma-separated; the first is held to the target; 0: no limit",
     )
     p.add_argument("--latency-timeout", type=float, default=180.0, help="give up waiting for callbacks after")
     p.add_argument(

@@ -89,7 +89,9 @@ async def bare_poller(args: argparse.Namespace) -> None:
     from app.akool import INFO_PATH
 
     ids = itertools.cycle([f"{args.prefix}{i}" for i in range(args.count)])
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)  # as the relay
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )  # as the relay
     headers = {"x-api-key": args.api_key}
     async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=10, headers=headers) as client:
 

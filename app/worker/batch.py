@@ -4,7 +4,8 @@ Every poll and every delivery attempt ends in a small write. One transaction eac
 and a turn of the write lock each; under load the tasks queue for the lock. Here the first result
 starts a writer, and whatever arrives while it commits goes into the next transaction. A task's
 `submit()` returns once its result is committed (or raises if that transaction failed; the row's
-lease then expires and the work comes back).
+lease then expires and the work comes back). Its transactions are urgent (see Database.write): they
+carry the state changes whose callbacks are waiting to go out.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class BatchWriter(Generic[T, R]):
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                async with self._db.write() as session:
+                async with self._db.write(urgent=True) as session:
                     outcome = await self._write(session, [item for item, _ in batch])
             except BaseException as exc:
                 for _, future in batch:

@@ -190,7 +190,8 @@ class Outbox:
         self.metrics.delivery_latency.observe(result.duration_ms / 1000)
         # Written at once, not group-committed: a result queued behind other writers could outlive
         # the event's lease, and another replica would send the callback again (seen on PostgreSQL).
-        async with self.db.write() as session:
+        # Urgent: until it is written the outbox slot stays taken, and the next callback waits.
+        async with self.db.write(urgent=True) as session:
             delivered = await self._write(session, [Tried(item, result, state, next_at, now)])
         if delivered:
             self._wake()
