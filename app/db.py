@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+# PostgreSQL aborts one transaction of a deadlock (40P01) or of a serialization conflict (40001); the
+# others go on, and the aborted one may simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+TRANSACTION_TRIES = 3
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 def async_url(url: str) -> sa.URL:
@@ -127,6 +141,19 @@ class Database:
         lock = self._write_lock.held(urgent=urgent) if self._write_lock else contextlib.nullcontext()
         async with lock, self._write() as session, session.begin():
             yield session
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[R]], *, urgent: bool = False) -> R:
+        """`work(session)` in a write transaction; run again when PostgreSQL aborted it to break a
+        deadlock (concurrent writers from several replicas can form one; see migration 0003)."""
+        for attempt in range(1, TRANSACTION_TRIES + 1):
+            try:
+                async with self.write(urgent=urgent) as session:
+                    return await work(session)
+            except DBAPIError as exc:
+                if attempt == TRANSACTION_TRIES or not is_retryable(exc):
+                    raise
+                log.info("transaction aborted by the database (%s); running it again", exc.orig)
+        raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

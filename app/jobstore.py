@@ -101,36 +101,39 @@ async def register(
 
     A conflict (tracked with another callback URL) is (409, existing job).
     """
+
+    async def insert_new(session: AsyncSession) -> list[tuple[int, JobPublic]]:
+        return await _insert_new(session, settings, specs)
+
     try:
-        return await _register_once(db, settings, specs)
+        return await db.run(insert_new, urgent=True)  # urgent: a client waits
     except IntegrityError:
         # Another replica registered one of these ids at the same moment; now we will see it.
-        return await _register_once(db, settings, specs)
+        return await db.run(insert_new, urgent=True)
 
 
-async def _register_once(
-    db: Database, settings: Settings, specs: Sequence[JobCreate]
+async def _insert_new(
+    session: AsyncSession, settings: Settings, specs: Sequence[JobCreate]
 ) -> list[tuple[int, JobPublic]]:
     now = utcnow()
     ids = {s.video_model_id for s in specs}
-    async with db.write(urgent=True) as session:  # a client waits
-        existing: dict[str, tuple[str, JobPublic]] = {
-            j.video_model_id: (j.callback_url, public(j))
-            for j in (await session.execute(sa.select(Job).where(Job.video_model_id.in_(ids)))).scalars()
-        }
-        rows: list[dict[str, Any]] = []
-        results: list[tuple[int, JobPublic]] = []
-        for spec in specs:
-            known = existing.get(spec.video_model_id)
-            if known is None:
-                row = new_job_row(spec, now, settings)
-                rows.append(row)
-                known = existing[spec.video_model_id] = (spec.callback_url, _public_of_new(row))
-                results.append((201, known[1]))
-            else:
-                results.append((200 if known[0] == spec.callback_url else 409, known[1]))
-        if rows:
-            await session.execute(INSERT_JOBS, rows)
+    existing: dict[str, tuple[str, JobPublic]] = {
+        j.video_model_id: (j.callback_url, public(j))
+        for j in (await session.execute(sa.select(Job).where(Job.video_model_id.in_(ids)))).scalars()
+    }
+    rows: list[dict[str, Any]] = []
+    results: list[tuple[int, JobPublic]] = []
+    for spec in specs:
+        known = existing.get(spec.video_model_id)
+        if known is None:
+            row = new_job_row(spec, now, settings)
+            rows.append(row)
+            known = existing[spec.video_model_id] = (spec.callback_url, _public_of_new(row))
+            results.append((201, known[1]))
+        else:
+            results.append((200 if known[0] == spec.callback_url else 409, known[1]))
+    if rows:
+        await session.execute(INSERT_JOBS, rows)
     return results
 
 

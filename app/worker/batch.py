@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,8 +51,9 @@ class BatchWriter(Generic[T, R]):
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
-                async with self._db.write(urgent=True) as session:
-                    outcome = await self._write(session, [item for item, _ in batch])
+                outcome = await self._db.run(
+                    partial(self._write_batch, [item for item, _ in batch]), urgent=True
+                )
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():
@@ -65,3 +67,6 @@ class BatchWriter(Generic[T, R]):
                     if not future.done():
                         future.set_result(None)
                 self._then(outcome)
+
+    async def _write_batch(self, items: list[T], session: AsyncSession) -> R:
+        return await self._write(session, items)

@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Tried:
-    """One attempt's outcome, waiting to be written."""
-
-    item: ClaimedEvent
-    result: AttemptResult
-    state: EventState
-    next_at: datetime | None
-    at: datetime
-
-
-@dataclass(frozen=True)
 class ClaimedEvent:
     id: int
     job_id: int
@@ -172,7 +161,7 @@ class Outbox:
             await self.record(item, result or AttemptResult(None, "interrupted", 0.0))
 
     async def record(self, item: ClaimedEvent, result: AttemptResult) -> None:
-        """Decide what the attempt means for the event and write it (with other attempts' results)."""
+        """Decide what the attempt means for the event and write it."""
         now = utcnow()
         attempts = item.attempts + 1
         if result.ok:
@@ -191,47 +180,52 @@ class Outbox:
         # Written at once, not group-committed: a result queued behind other writers could outlive
         # the event's lease, and another replica would send the callback again (seen on PostgreSQL).
         # Urgent: until it is written the outbox slot stays taken, and the next callback waits.
-        async with self.db.write(urgent=True) as session:
-            delivered = await self._write(session, [Tried(item, result, state, next_at, now)])
-        if delivered:
-            self._wake()
+        kept = await self.db.run(
+            lambda session: self._write(session, item, result, state, next_at, now), urgent=True
+        )
+        if kept and next_at is None:
+            self._wake()  # settled (delivered or dead): the job's next event may be waiting on it
 
-    async def _write(self, session: AsyncSession, batch: list[Tried]) -> bool:
-        # Job rows first, locked in id order, as every writer does: the same lock order everywhere.
-        job_ids = sorted({t.item.job_id for t in batch})
-        await session.execute(sa.select(Job.id).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update())
-        delivered = False
-        for t in batch:
-            item = t.item
-            updated = await session.execute(
-                sa.update(Event)
-                .where(Event.id == item.id, Event.lease_token == item.token)
-                .values(
-                    state=t.state,
-                    attempts=item.attempts + 1,
-                    next_attempt_at=t.next_at,
-                    delivered_at=t.at if t.result.ok else None,
-                    locked_until=None,
-                    lease_token=None,
-                ),
-                execution_options={"synchronize_session": False},
+    async def _write(
+        self,
+        session: AsyncSession,
+        item: ClaimedEvent,
+        result: AttemptResult,
+        state: EventState,
+        next_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """The attempt row, and the event's new state if we still hold its lease (returns whether)."""
+        # The job row first, as every writer locks: the same lock order everywhere.
+        await session.execute(sa.select(Job.id).where(Job.id == item.job_id).with_for_update())
+        updated = await session.execute(
+            sa.update(Event)
+            .where(Event.id == item.id, Event.lease_token == item.token)
+            .values(
+                state=state,
+                attempts=item.attempts + 1,
+                next_attempt_at=next_at,
+                delivered_at=now if result.ok else None,
+                locked_until=None,
+                lease_token=None,
+            ),
+            execution_options={"synchronize_session": False},
+        )
+        session.add(
+            Attempt(
+                event_id=item.id,
+                at=now,
+                status_code=result.status_code,
+                error=result.error,
+                duration_ms=round(result.duration_ms, 3),
+                response_excerpt=result.excerpt,
             )
-            session.add(
-                Attempt(
-                    event_id=item.id,
-                    at=t.at,
-                    status_code=t.result.status_code,
-                    error=t.result.error,
-                    duration_ms=round(t.result.duration_ms, 3),
-                    response_excerpt=t.result.excerpt,
-                )
-            )
-            if updated.rowcount != 1:
-                log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id)
-                continue
-            await _mirror_delivery_state(session, item.job_id, item.id, t.state)
-            delivered = delivered or t.state == EventState.DELIVERED
-        return delivered  # a job's next event may be waiting on a delivered one: wake the pump
+        )
+        if updated.rowcount != 1:
+            log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id)
+            return False
+        await _mirror_delivery_state(session, item.job_id, item.id, state)
+        return True
 
 
 async def _mirror_delivery_state(session: AsyncSession, job_id: int, event_id: int, state: str) -> None:

@@ -36,7 +36,7 @@ class Pump(Generic[T]):
         self._filling = False
         self._again = False
         self._closed = False
-        self._wakers: set[asyncio.Task[int]] = set()
+        self._background: set[asyncio.Task[object]] = set()  # wakes (claims) and give-backs
 
     @property
     def inflight(self) -> int:
@@ -48,11 +48,25 @@ class Pump(Generic[T]):
         return 0 if self._closed else max(0, self.capacity - len(self._inflight))
 
     def adopt(self, items: list[T]) -> None:
-        """Work on items leased elsewhere. After close() they are left alone: their leases expire and
-        the items come back (claimed by whoever runs next), so nothing is lost."""
-        if not self._closed:
-            for item in items:
-                self._start(item)
+        """Work on items leased elsewhere, as many as there are free slots; give the rest back.
+
+        A claim that ran meanwhile may have taken the slots counted when the items were leased; the
+        items given back (and all of them once closed) are released at once, so a claim takes them
+        soon instead of waiting for their leases to expire.
+        """
+        take = [] if self._closed else items[: self.room]
+        for item in take:
+            self._start(item)
+        if rest := items[len(take) :]:
+            task = asyncio.get_running_loop().create_task(self._give_back(rest))
+            self._background.add(task)  # close() waits for these, as for claims in progress
+            task.add_done_callback(self._background.discard)
+
+    async def _give_back(self, items: list[T]) -> None:
+        try:
+            await self._release(items)
+        except Exception:
+            log.exception("%s: giving back %d items failed; their leases expire", self.name, len(items))
 
     def _start(self, item: T) -> None:
         task = asyncio.create_task(self._guarded(item), name=f"{self.name}-work")
@@ -90,8 +104,8 @@ class Pump(Generic[T]):
         if self._closed:
             return
         task = asyncio.get_running_loop().create_task(self.fill())
-        self._wakers.add(task)
-        task.add_done_callback(self._wakers.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -120,8 +134,8 @@ class Pump(Generic[T]):
     async def close(self, timeout: float) -> None:
         """Stop claiming; let in-flight work finish within `timeout`, then cancel and release the rest."""
         self._closed = True
-        if self._wakers:  # a claim in progress finishes (cancelling it mid-query would strand its lease)
-            await asyncio.wait(set(self._wakers), timeout=timeout)
+        if self._background:  # claims and give-backs finish (cancelled mid-query, a lease is stranded)
+            await asyncio.wait(set(self._background), timeout=timeout)
         pending = set(self._inflight)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout)
