@@ -127,9 +127,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    template = request.getfixturevalue("pg_template")
+    yield request.getfixturevalue("pg_db_url")
+
+
+@pytest.fixture
+def pg_db_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database (a copy of the session's template)."""
     name = f"relay_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     yield _pg_url_for(name)
     asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +21,7 @@ import pytest
 from app.receiver import Receiver
 from app.serving import serve_in_background
 from app.simulator import Simulator, SimulatorConfig
-from tests.conftest import WEBHOOK_SECRET, _pg_exec, _pg_url_for
+from tests.conftest import WEBHOOK_SECRET
 from tests.procs import (
     RelayProcess,
     RelayProcs,
@@ -52,15 +50,6 @@ SETTINGS = {
     "RELAY_DB_POOL_SIZE": 10,
     "RELAY_DB_MAX_OVERFLOW": 5,
 }
-
-
-@pytest.fixture
-def pg_db_url(pg_template: str) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database (a copy of the session's template)."""
-    name = f"relay_r_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
-    yield _pg_url_for(name)
-    asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def job_ids(sim: Simulator) -> dict[str, str]:
