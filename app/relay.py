@@ -27,6 +27,7 @@ from app.worker.poller import Poller
 
 log = logging.getLogger(__name__)
 
+AKOOL_POOL_SIZE = 8  # connections per Akool client (see AkoolClient)
 SHUTDOWN_GRACE = 10.0  # seconds in-flight polls and deliveries get to finish on SIGTERM
 WEBHOOK_SECRET_KEY = "webhook_secret"
 
@@ -53,14 +54,21 @@ class Relay:
         self.settings = settings
         self.db = db
         self.metrics = Metrics()
+        # Every connection kept alive: above httpx's default of 20 idle ones, each poll would open a
+        # new connection (measured: 208 → 676 polls/s for a bare loop at concurrency 32).
         limits = httpx.Limits(
             max_connections=settings.poll_concurrency, max_keepalive_connections=settings.poll_concurrency
         )
-        self.akool_http = httpx.AsyncClient(
-            timeout=settings.akool_timeout,
-            limits=limits,
-            headers={"user-agent": f"akool-relay/{__version__}"},
-        )
+        pools = -(-settings.poll_concurrency // AKOOL_POOL_SIZE)  # AkoolClient uses them in turn
+        per_pool = -(-settings.poll_concurrency // pools)
+        self.akool_http = [
+            httpx.AsyncClient(
+                timeout=settings.akool_timeout,
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                headers={"user-agent": f"akool-relay/{__version__}"},
+            )
+            for _ in range(pools)
+        ]
         self.callback_http = httpx.AsyncClient(
             transport=guarded_transport(allow_private=settings.allow_private_callbacks, limits=limits),
             timeout=settings.delivery_timeout,
@@ -130,5 +138,6 @@ class Relay:
         await asyncio.gather(self.poller.pump.close(SHUTDOWN_GRACE), self.outbox.pump.close(SHUTDOWN_GRACE))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        await self.akool_http.aclose()
+        for client in self.akool_http:
+            await client.aclose()
         await self.callback_http.aclose()
