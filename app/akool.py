@@ -87,7 +87,8 @@ def classify(status_code: int, body: Any) -> PollResult:
 
 
 class AkoolClient:
-    """One shared httpx client; API key or cached getToken token, fetched again on 1101 / HTTP 401."""
+    """Akool's info endpoint over httpx clients used in turn; API key or cached getToken token,
+    fetched again on 1101 / HTTP 401."""
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient | Sequence[httpx.AsyncClient]) -> None:
         self._settings = settings

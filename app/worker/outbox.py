@@ -67,7 +67,8 @@ class Outbox:
         """In the caller's transaction: lease the new events that may go out at once, up to free slots.
 
         Only a job's first new event, and only when none of its earlier events is unsettled (the order
-        claim() keeps); the rest are left for claim(). Flushes, so the leased events have their ids.
+        claim() keeps); the rest are left for claim(), which the settling of the earlier event wakes.
+        `waiting` says when the slots ran out instead. Flushes, so the leased events have their ids.
         """
         if not created:
             return Handoff([], waiting=False)
@@ -88,19 +89,21 @@ class Outbox:
         until = utcnow() + timedelta(seconds=self.lease_seconds)
         leased: list[tuple[Job, Event]] = []
         waiting = False
-        for job, (first, *later) in created:
-            if job.id in busy or len(leased) >= room:
+        for job, (first, *_) in created:
+            if job.id in busy:
+                continue
+            if len(leased) >= room:
                 waiting = True
                 continue
-            waiting = waiting or bool(later)
             first.locked_until, first.lease_token = until, token
             leased.append((job, first))
         await session.flush()
-        claimed = [
-            ClaimedEvent(e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url)
-            for job, e in leased
-            if e.id is not None
-        ]
+        claimed = []
+        for job, e in leased:
+            assert e.id is not None, "flushed"
+            claimed.append(
+                ClaimedEvent(e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url)
+            )
         return Handoff(claimed, waiting)
 
     def hand_over(self, handoff: Handoff) -> None:

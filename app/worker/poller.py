@@ -40,6 +40,14 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True)
+class Written:
+    """What a poll transaction did: the statuses it moved jobs to, the events it leased."""
+
+    statuses: list[JobStatus]
+    handoff: Handoff
+
+
+@dataclass(frozen=True)
 class Learned:
     """What one poll (or the clock) found out about a claimed job."""
 
@@ -67,7 +75,7 @@ class Poller:
         self.pump: Pump[ClaimedJob] = Pump(
             "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency
         )
-        self.writer: BatchWriter[Learned, Handoff] = BatchWriter(db, self._write, then=outbox.hand_over)
+        self.writer: BatchWriter[Learned, Written] = BatchWriter(db, self._write, then=self._committed)
         self._results: list[PollResult] = []  # since the last health write
         self._probe_after = 0.0  # monotonic time of the next probe while paused
 
@@ -158,7 +166,7 @@ class Poller:
         """Write what one poll learned (committed together with other polls' results)."""
         await self.writer.submit(Learned(item, observation, result))
 
-    async def _write(self, session: AsyncSession, batch: list[Learned]) -> Handoff:
+    async def _write(self, session: AsyncSession, batch: list[Learned]) -> Written:
         """One transaction: for each poll, its job row, transitions and outbox events.
 
         The new events that may go out at once are leased here too and handed to the outbox after
@@ -176,6 +184,7 @@ class Poller:
         }
         now = utcnow()
         created: list[tuple[Job, list[Event]]] = []
+        statuses: list[JobStatus] = []
         for learned in batch:
             job = jobs.get(learned.item.id)
             if job is None or job.lease_token != learned.item.token or job.status in TERMINAL_STATUSES:
@@ -195,8 +204,13 @@ class Poller:
             events = write_decision(
                 session, job, decision, now, self.settings, polled=learned.result is not None
             )
-            for _, to_status, _ in decision.transitions:
-                self.metrics.transitions.labels(to_status.value).inc()
+            statuses.extend(to_status for _, to_status, _ in decision.transitions)
             if events:
                 created.append((job, events))
-        return await self.outbox.lease_new(session, created)
+        return Written(statuses, await self.outbox.lease_new(session, created))
+
+    def _committed(self, written: Written) -> None:
+        # Counted after the commit: a transaction PostgreSQL aborts runs again (Database.run).
+        for status in written.statuses:
+            self.metrics.transitions.labels(status.value).inc()
+        self.outbox.hand_over(written.handoff)

@@ -47,12 +47,13 @@ class Pump(Generic[T]):
         """Free slots (none once closed): how many items another loop may lease for `adopt()`."""
         return 0 if self._closed else max(0, self.capacity - len(self._inflight))
 
-    def adopt(self, items: list[T]) -> None:
-        """Work on items leased elsewhere, as many as there are free slots; give the rest back.
+    def adopt(self, items: list[T]) -> int:
+        """Work on leased items, as many as there are free slots; give the rest back. Returns how
+        many were started.
 
-        A claim that ran meanwhile may have taken the slots counted when the items were leased; the
-        items given back (and all of them once closed) are released at once, so a claim takes them
-        soon instead of waiting for their leases to expire.
+        Items leased by another loop (or by a claim) were counted against free slots that someone
+        else may have taken meanwhile. What is given back (everything once closed) is released at
+        once, so a claim takes it soon instead of waiting for its lease to expire.
         """
         take = [] if self._closed else items[: self.room]
         for item in take:
@@ -61,12 +62,15 @@ class Pump(Generic[T]):
             task = asyncio.get_running_loop().create_task(self._give_back(rest))
             self._background.add(task)  # close() waits for these, as for claims in progress
             task.add_done_callback(self._background.discard)
+        return len(take)
 
     async def _give_back(self, items: list[T]) -> None:
         try:
             await self._release(items)
         except Exception:
             log.exception("%s: giving back %d items failed; their leases expire", self.name, len(items))
+        else:
+            self.wake()  # claim them back as soon as slots free up (a no-op once closed)
 
     def _start(self, item: T) -> None:
         task = asyncio.create_task(self._guarded(item), name=f"{self.name}-work")
@@ -89,9 +93,7 @@ class Pump(Generic[T]):
                 if free <= 0:
                     break
                 items = await self._claim(free)
-                for item in items:
-                    self._start(item)
-                started += len(items)
+                started += self.adopt(items)  # slots handed over meanwhile are not ours to fill
                 if len(items) < free and not self._again:
                     break
         except Exception:
@@ -134,8 +136,12 @@ class Pump(Generic[T]):
     async def close(self, timeout: float) -> None:
         """Stop claiming; let in-flight work finish within `timeout`, then cancel and release the rest."""
         self._closed = True
-        if self._background:  # claims and give-backs finish (cancelled mid-query, a lease is stranded)
-            await asyncio.wait(set(self._background), timeout=timeout)
+        # Claims and give-backs finish (cancelled mid-query, a lease would be stranded); a claim that
+        # ends now gives its items back, which starts one more.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._background and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._background), timeout=left)
         pending = set(self._inflight)
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout)

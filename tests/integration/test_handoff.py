@@ -17,7 +17,7 @@ from app.db import Database
 from app.models import Attempt, Event, EventState, Job
 from app.receiver import Behaviour, Receiver
 from app.simulator import Simulator
-from app.worker.outbox import ClaimedEvent
+from app.worker.outbox import Handoff
 from tests.conftest import RelayFactory, RunningRelay, wait_job
 from tests.integration.test_delivery import attempt_codes, register, scripted
 
@@ -29,16 +29,16 @@ def finished(job: dict[str, Any]) -> bool:
 
 
 def record_handoffs(r: RunningRelay, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Webhook ids the poller hands straight to the outbox pump, in order; the real adopt still runs."""
-    pump = r.relay.outbox.pump
-    adopt = pump.adopt
+    """Webhook ids the poller hands straight to the outbox, in order; the real hand_over still runs."""
+    outbox = r.relay.outbox
+    hand_over = outbox.hand_over
     handed: list[str] = []
 
-    def recording(items: list[ClaimedEvent]) -> None:
-        handed.extend(item.webhook_id for item in items)
-        adopt(items)
+    def recording(handoff: Handoff) -> None:
+        handed.extend(item.webhook_id for item in handoff.events)
+        hand_over(handoff)
 
-    monkeypatch.setattr(pump, "adopt", recording)
+    monkeypatch.setattr(outbox, "hand_over", recording)
     return handed
 
 
