@@ -70,3 +70,16 @@ async def test_a_waiter_cancelled_just_as_it_is_handed_the_lock_passes_it_on() -
         await handed
     await asyncio.wait_for(later, 1)
     assert order == ["later"]
+
+
+async def test_a_waiter_cancelled_before_a_release_that_skips_it_still_sees_cancelled_error() -> None:
+    lock, order = WriteLock(), []
+    await lock.acquire(urgent=False)
+    doomed = asyncio.create_task(_queue_up(lock, order, "doomed", urgent=True))
+    await _settle()
+    doomed.cancel()  # its future is cancelled now; the task has not run its except branch yet
+    lock.release()  # skips (and drops) the cancelled future: the lock is free
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    await asyncio.wait_for(lock.acquire(urgent=False), 1)
+    assert order == []
