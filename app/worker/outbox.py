@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -79,7 +80,7 @@ class Outbox:
                         sa.select(Event.job_id)
                         .where(
                             Event.job_id.in_([job.id for job, _ in created]),
-                            Event.next_attempt_at.is_not(None),
+                            _unsettled(Event),
                         )
                         .distinct()
                     )
@@ -121,9 +122,7 @@ class Outbox:
         earlier = aliased(Event)
         blocked = (
             sa.select(earlier.id)
-            .where(
-                earlier.job_id == Event.job_id, earlier.id < Event.id, earlier.next_attempt_at.is_not(None)
-            )
+            .where(earlier.job_id == Event.job_id, earlier.id < Event.id, _unsettled(earlier))
             .exists()
         )
         due = (
@@ -229,6 +228,11 @@ class Outbox:
             return False
         await _mirror_delivery_state(session, item.job_id, item.id, state)
         return True
+
+
+def _unsettled(event: Any) -> sa.ColumnElement[bool]:
+    """Still to be sent or retried: such an event holds back its job's later ones (claim, lease_new)."""
+    return event.next_attempt_at.is_not(None)
 
 
 async def _mirror_delivery_state(session: AsyncSession, job_id: int, event_id: int, state: str) -> None:
