@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulator":
             return _simulator(args)
         if args.command == "demo":
-            from app.demo import run_demo
+            from app.sandbox.demo import run_demo
 
             return asyncio.run(run_demo(jobs=args.jobs))
         settings = load_settings()
@@ -104,7 +104,7 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    from app.simulator import SimulatorConfig, run_simulator
+    from app.sandbox.simulator import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(
         queue_seconds=args.queue_seconds, process_seconds=args.process_seconds, api_key=args.api_key
@@ -118,7 +118,7 @@ def _simulator(args: argparse.Namespace) -> int:
 async def _webhook_secret(settings: Settings) -> str:
     from app.db import Database
     from app.migrate import upgrade_to_head
-    from app.relay import ensure_webhook_secret
+    from app.runtime import ensure_webhook_secret
 
     if settings.is_sqlite:
         await asyncio.to_thread(upgrade_to_head, settings.database_url)

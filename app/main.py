@@ -12,12 +12,12 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.routes import health, jobs
-from app.bodylimit import BodyLimitMiddleware
+from app.api.bodylimit import BodyLimitMiddleware
 from app.config import Settings, load_settings
 from app.db import Database
 from app.errors import install_error_handlers
 from app.migrate import upgrade_to_head
-from app.relay import Relay, ensure_webhook_secret
+from app.runtime import Relay, ensure_webhook_secret
 
 log = logging.getLogger("app")
 

@@ -14,8 +14,8 @@ from app.config import Settings
 from app.models import Event, EventState, Job, Transition
 from app.schemas import callback_body
 from app.states import Decision
-from app.worker.leases import new_token
-from app.worker.retry import jittered, next_poll_interval
+from app.store.leases import new_token
+from app.retry import jittered, next_poll_interval
 
 
 def new_webhook_id() -> str:

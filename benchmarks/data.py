@@ -120,7 +120,7 @@ async def insert_jobs(
     from sqlmodel import col
 
     from app.db import Database
-    from app.jobstore import new_job_row
+    from app.store.jobs import new_job_row
     from app.models import Event, Job
     from app.schemas import JobCreate
 

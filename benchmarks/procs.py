@@ -37,8 +37,8 @@ def _ready(url: str) -> None:
 
 
 async def simulator(args: argparse.Namespace) -> None:
-    from app.serving import serve_in_background
-    from app.simulator import Simulator, SimulatorConfig
+    from app.sandbox.serving import serve_in_background
+    from app.sandbox.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig(
         queue_seconds=args.queue_seconds, process_seconds=args.process_seconds, api_key=args.api_key
@@ -55,8 +55,8 @@ async def receiver(args: argparse.Namespace) -> None:
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
 
-    from app.receiver import Receiver
-    from app.serving import serve_in_background
+    from app.sandbox.receiver import Receiver
+    from app.sandbox.serving import serve_in_background
 
     rec = Receiver(secret=args.secret)
 
@@ -75,7 +75,7 @@ async def receiver(args: argparse.Namespace) -> None:
 async def relay(args: argparse.Namespace) -> None:
     from app.config import load_settings
     from app.main import create_app
-    from app.serving import serve_in_background
+    from app.sandbox.serving import serve_in_background
 
     env: dict[str, Any] = json.loads(args.env or "{}")
     settings = load_settings(**{k: v for k, v in env.items() if v is not None})

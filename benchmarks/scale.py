@@ -83,7 +83,7 @@ def _polls(relay: Any) -> int:
 async def relay_child(args: dict[str, Any]) -> dict[str, Any]:
     from app.config import load_settings
     from app.db import Database
-    from app.relay import Relay
+    from app.runtime import Relay
 
     n, window = int(args["jobs"]), float(args["window"])
     baseline = proc_status()

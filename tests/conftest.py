@@ -25,10 +25,10 @@ import sqlalchemy as sa
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import upgrade_to_head
-from app.receiver import Receiver
-from app.relay import Relay
-from app.serving import serve_in_background
-from app.simulator import Simulator, SimulatorConfig
+from app.sandbox.receiver import Receiver
+from app.runtime import Relay
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import Simulator, SimulatorConfig
 
 PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("RELAY_REQUIRE_POSTGRES") == "1"

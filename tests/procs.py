@@ -1,6 +1,6 @@
 """Relays as real processes (`akool-relay serve`) for the crash and multi-replica tests.
 
-The simulator and the receiver run inside the pytest process (app.serving.serve_in_background); the
+The simulator and the receiver run inside the pytest process (app.sandbox.serving.serve_in_background); the
 relay subprocesses reach them over loopback HTTP. Everything here waits with asyncio, never with a
 blocking sleep, so those in-process servers keep answering while a test waits on a relay.
 

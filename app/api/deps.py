@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import Unauthorized
-from app.relay import Relay
+from app.runtime import Relay
 
 
 def get_relay(request: Request) -> Relay:

@@ -23,9 +23,9 @@ from app.db import Database
 from app.metrics import Metrics
 from app.models import Attempt, Event, EventState, Job, utcnow
 from app.webhooks import AttemptResult, WebhookSender
-from app.worker import leases
+from app.store import leases
 from app.worker.pump import Pump
-from app.worker.retry import honour_retry_after, jittered, retry_delay
+from app.retry import honour_retry_after, jittered, retry_delay
 
 log = logging.getLogger(__name__)
 

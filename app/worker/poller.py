@@ -22,7 +22,7 @@ from app.metrics import Metrics
 from app.models import TERMINAL_STATUSES, Event, Job, JobStatus, utcnow
 from app.record import write_decision
 from app.states import Decision, Expired, JobView, NotFound, Observation, Seen, decide
-from app.worker import leases
+from app.store import leases
 from app.worker.batch import BatchWriter
 from app.worker.outbox import Handoff, Outbox
 from app.worker.pump import Pump

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from app.simulator import RequestRecord, Simulator
+from app.sandbox.simulator import RequestRecord, Simulator
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from app.receiver import Receiver
+from app.sandbox.receiver import Receiver
 from tests.conftest import RelayFactory, wait_job
 from tests.integration.helpers_api import (
     DELIVERY_STATES,

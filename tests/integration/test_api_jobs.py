@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.receiver import Receiver
+from app.sandbox.receiver import Receiver
 from tests.conftest import RelayFactory, wait_job
 from tests.integration.helpers_api import (
     HOOK,

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.receiver import Behaviour, Receiver
-from app.serving import serve_in_background
-from app.simulator import FAILED_ERROR_CODE, FAILED_REASON, Simulator
+from app.sandbox.receiver import Behaviour, Receiver
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import FAILED_ERROR_CODE, FAILED_REASON, Simulator
 from tests.conftest import RelayFactory, wait_job
 
 

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 from app.db import Database
 from app.models import Attempt, Event, EventState, Job
-from app.receiver import Behaviour, Receiver
-from app.simulator import Simulator
+from app.sandbox.receiver import Behaviour, Receiver
+from app.sandbox.simulator import Simulator
 from app.worker.outbox import Handoff
 from tests.conftest import RelayFactory, RunningRelay, wait_job
 from tests.integration.test_delivery import attempt_codes, register, scripted

@@ -6,7 +6,7 @@ import json
 
 from standardwebhooks import Webhook
 
-from app.receiver import Receiver
+from app.sandbox.receiver import Receiver
 from tests.conftest import WEBHOOK_SECRET, RelayFactory, wait_job
 
 

@@ -32,9 +32,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.bodylimit import MAX_BODY_BYTES
-from app.receiver import Behaviour, Receiver
-from app.simulator import Simulator
+from app.api.bodylimit import MAX_BODY_BYTES
+from app.sandbox.receiver import Behaviour, Receiver
+from app.sandbox.simulator import Simulator
 from tests.conftest import RelayFactory, RunningRelay, wait_job
 
 TOKEN = "tok-hostile-7f3a9c"

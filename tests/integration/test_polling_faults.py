@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 
 from app.main import create_app
-from app.receiver import Receiver
-from app.serving import serve_in_background
-from app.simulator import Simulator, SimulatorConfig
+from app.sandbox.receiver import Receiver
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import Simulator, SimulatorConfig
 from tests.conftest import RelayFactory, RunningRelay, relay_settings, wait_job
 from tests.integration.helpers_polling import TERMINAL, path, register, requests_for, summary, wait_until
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from app.db import Database
 from app.models import Job
-from app.receiver import Receiver
-from app.simulator import Simulator
+from app.sandbox.receiver import Receiver
+from app.sandbox.simulator import Simulator
 from tests.conftest import RelayFactory, RunningRelay, wait_job
 from tests.integration.helpers_polling import TERMINAL, path, register, requests_for, summary, wait_until
 

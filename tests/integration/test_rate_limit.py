@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.simulator import Simulator
+from app.sandbox.simulator import Simulator
 from tests.conftest import RelayFactory
 
 LIMIT = 40.0

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from app.receiver import Receiver
-from app.serving import serve_in_background
-from app.simulator import Simulator, SimulatorConfig
+from app.sandbox.receiver import Receiver
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import Simulator, SimulatorConfig
 from tests.conftest import WEBHOOK_SECRET
 from tests.procs import (
     RelayProcess,

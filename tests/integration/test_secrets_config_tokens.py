@@ -18,8 +18,8 @@ from app import cli
 from app.config import ConfigError, Settings, load_settings
 from app.errors import Unauthorized
 from app.main import create_app
-from app.serving import serve_in_background
-from app.simulator import Simulator, SimulatorConfig
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import Simulator, SimulatorConfig
 from tests.conftest import relay_settings
 from tests.integration.helpers_secrets import (
     API_KEY,

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from app.main import create_app
-from app.receiver import Behaviour, Receiver
-from app.serving import serve_in_background
-from app.simulator import Simulator, SimulatorConfig
+from app.sandbox.receiver import Behaviour, Receiver
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import Simulator, SimulatorConfig
 from tests.conftest import relay_settings
 from tests.integration.helpers_secrets import (
     API_KEY,

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.serving import serve_in_background
-from app.simulator import INFO_PATH, TOKEN_PATH, Simulator, SimulatorConfig, run_simulator
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import INFO_PATH, TOKEN_PATH, Simulator, SimulatorConfig, run_simulator
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from app.netguard import (
     guarded_transport,
     is_public_address,
 )
-from app.serving import serve_in_background
+from app.sandbox.serving import serve_in_background
 
 PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"]
 NON_PUBLIC = [

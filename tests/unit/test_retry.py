@@ -1,4 +1,4 @@
-"""Backoff arithmetic for polls and deliveries (app.worker.retry): pure functions, no clock."""
+"""Backoff arithmetic for polls and deliveries (app.retry): pure functions, no clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from app.worker.retry import (
+from app.retry import (
     JITTER,
     POLL_GROWTH,
     RETRY_AFTER_CAP,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import jobstore
+from app.store import jobs as jobstore
 from app.api.deps import RelayDep
 
 router = APIRouter(tags=["health"])

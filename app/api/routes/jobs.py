@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app import jobstore
+from app.store import jobs as jobstore
 from app.api.deps import Authorized, RelayDep
 from app.errors import CallbackConflict, field_error
 from app.models import JobStatus

@@ -15,9 +15,9 @@ from rich.table import Table
 
 from app.config import load_settings
 from app.main import create_app
-from app.receiver import Receiver
-from app.serving import serve_in_background
-from app.simulator import Simulator, SimulatorConfig
+from app.sandbox.receiver import Receiver
+from app.sandbox.serving import serve_in_background
+from app.sandbox.simulator import Simulator, SimulatorConfig
 
 DEMO_TIMEOUT = 120.0
 
