@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(quiet=args.command == "demo")
+    if args.command in ("simulator", "demo"):
+        _configure_logging("text", quiet=args.command == "demo")
     try:
         if args.command == "simulator":
             return _simulator(args)
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return asyncio.run(run_demo(jobs=args.jobs))
         settings = load_settings()
+        _configure_logging(settings.log_format, quiet=False)
         if args.command == "serve":
             return _serve(settings, args.log_level)
         if args.command == "migrate":
@@ -63,19 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _configure_logging(*, quiet: bool) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # One line per HTTP request or scheduler tick drowns what matters.
-    for noisy in ("httpx", "apscheduler", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(fmt: str, *, quiet: bool) -> None:
+    """RELAY_LOG_FORMAT (text or json) on the root logger; app.logs also quiets httpx and the scheduler."""
+    from app.logs import configure_logging
+
+    configure_logging(fmt, level=logging.WARNING if quiet else logging.INFO)
 
 
 def _serve(settings: Settings, log_level: str) -> int:
     import uvicorn
 
+    from app.logs import uvicorn_log_config
     from app.main import create_app
 
     app = create_app(settings)
@@ -84,16 +84,21 @@ def _serve(settings: Settings, log_level: str) -> int:
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             # uvicorn first drains open HTTP connections, then runs the lifespan shutdown; stop
             # taking new polls and deliveries now, not after that drain.
-            relay = getattr(app.state, "relay", None)
-            if relay is not None:
-                asyncio.get_running_loop().call_soon_threadsafe(relay.quiesce)
+            runtime = getattr(app.state, "runtime", None)
+            if runtime is not None:
+                asyncio.get_running_loop().call_soon_threadsafe(runtime.quiesce)
             super().handle_exit(sig, frame)
 
     # uvicorn re-raises the signal that stopped it once shutdown is complete; with the default
     # SIGTERM handler that would kill us with -15 after a clean shutdown. Exit 0 instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=15
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        log_config=uvicorn_log_config(settings.log_format),  # uvicorn's own lines in the same format
+        timeout_graceful_shutdown=15,
     )
     Server(config).run()
     return 0
@@ -118,13 +123,13 @@ def _simulator(args: argparse.Namespace) -> int:
 async def _webhook_secret(settings: Settings) -> str:
     from app.db import Database
     from app.migrate import upgrade_to_head
-    from app.runtime import ensure_webhook_secret
+    from app.store import kept
 
     if settings.is_sqlite:
         await asyncio.to_thread(upgrade_to_head, settings.database_url)
     db = Database(settings.database_url)
     try:
-        return await ensure_webhook_secret(db, settings)
+        return await kept.webhook_secret(db, settings.webhook_secret)
     finally:
         await db.dispose()
 

@@ -6,7 +6,7 @@ Secrets are `SecretStr`, so they never show in a repr, a log line or an error me
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -14,6 +14,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Durations: finite (inf and nan would overflow date arithmetic later), fractions allowed.
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def is_sqlite_url(url: str) -> bool:
+    """Whether a database URL names SQLite: `sqlite:///PATH`, or with a driver, `sqlite+aiosqlite:///PATH`.
+
+    The backend is the scheme before any `+driver`, as SQLAlchemy's `URL.get_backend_name()` reads it.
+    """
+    scheme, sep, _ = url.partition(":")
+    return bool(sep) and scheme.partition("+")[0].strip().lower() == "sqlite"
 
 
 class ConfigError(Exception):
@@ -59,6 +68,8 @@ class Settings(BaseSettings):
     # How often the loops tick. The database says what is due; the tick only asks.
     tick_interval: PositiveSeconds = Field(default=1.0, alias="RELAY_TICK_INTERVAL")
     lease_seconds: PositiveSeconds = Field(default=60.0, alias="RELAY_LEASE_SECONDS")
+    # text: "time LEVEL logger: message"; json: one object per line (app.logs).
+    log_format: Literal["text", "json"] = Field(default="text", alias="RELAY_LOG_FORMAT")
 
     @field_validator("api_tokens", mode="before")
     @classmethod
@@ -66,6 +77,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("retry_schedule", mode="before")
     @classmethod
@@ -115,7 +131,7 @@ class Settings(BaseSettings):
 
     @property
     def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+        return is_sqlite_url(self.database_url)
 
     @property
     def api_token_values(self) -> list[str]:
