@@ -31,7 +31,7 @@ TOKEN_PATH = "/api/open/v3/getToken"
 CODE_OK = 1000
 
 
-class Kind(StrEnum):
+class AnswerKind(StrEnum):
     OK = "ok"
     NOT_FOUND = "not_found"
     THROTTLED = "throttled"
@@ -40,28 +40,28 @@ class Kind(StrEnum):
     TRANSIENT = "transient"
 
 
-CODES: dict[int, Kind] = {
-    1005: Kind.THROTTLED,
-    1101: Kind.AUTH_FAILED,
-    1102: Kind.AUTH_FAILED,
-    1200: Kind.AUTH_FAILED,
-    1009: Kind.AUTH_FAILED,
-    1008: Kind.NOT_FOUND,
-    1014: Kind.NOT_FOUND,
-    1103: Kind.BILLING,
-    1104: Kind.BILLING,
-    1006: Kind.BILLING,
-    1213: Kind.BILLING,
-    1221: Kind.BILLING,
+CODES: dict[int, AnswerKind] = {
+    1005: AnswerKind.THROTTLED,
+    1101: AnswerKind.AUTH_FAILED,
+    1102: AnswerKind.AUTH_FAILED,
+    1200: AnswerKind.AUTH_FAILED,
+    1009: AnswerKind.AUTH_FAILED,
+    1008: AnswerKind.NOT_FOUND,
+    1014: AnswerKind.NOT_FOUND,
+    1103: AnswerKind.BILLING,
+    1104: AnswerKind.BILLING,
+    1006: AnswerKind.BILLING,
+    1213: AnswerKind.BILLING,
+    1221: AnswerKind.BILLING,
 }
 
 # Kinds that say something about our account rather than one job: they pause polling.
-PAUSING = frozenset({Kind.AUTH_FAILED, Kind.BILLING})
+PAUSING = frozenset({AnswerKind.AUTH_FAILED, AnswerKind.BILLING})
 
 
 @dataclass(frozen=True)
 class PollResult:
-    kind: Kind
+    kind: AnswerKind
     data: dict[str, Any] | None = None
     code: int | None = None
     detail: str = ""  # short, safe to show on the dashboard (never contains credentials)
@@ -71,19 +71,19 @@ class PollResult:
 def classify(status_code: int, body: Any) -> PollResult:
     """Turn one HTTP answer (status and decoded JSON, or None when it was not JSON) into a result."""
     if status_code == 401:
-        return PollResult(Kind.AUTH_FAILED, code=None, detail="HTTP 401")
+        return PollResult(AnswerKind.AUTH_FAILED, code=None, detail="HTTP 401")
     if status_code != 200:
-        return PollResult(Kind.TRANSIENT, detail=f"HTTP {status_code}")
+        return PollResult(AnswerKind.TRANSIENT, detail=f"HTTP {status_code}")
     if not isinstance(body, dict) or not isinstance(body.get("code"), int) or isinstance(body["code"], bool):
-        return PollResult(Kind.TRANSIENT, detail="answer is not Akool's envelope")
+        return PollResult(AnswerKind.TRANSIENT, detail="answer is not Akool's envelope")
     code: int = body["code"]
     msg = str(body.get("msg") or "")[:200]
     if code == CODE_OK:
         data = body.get("data")
         if not isinstance(data, dict):
-            return PollResult(Kind.TRANSIENT, code=code, detail="code 1000 without a data object")
-        return PollResult(Kind.OK, data=data, code=code)
-    return PollResult(CODES.get(code, Kind.TRANSIENT), code=code, detail=f"code {code}: {msg}".strip())
+            return PollResult(AnswerKind.TRANSIENT, code=code, detail="code 1000 without a data object")
+        return PollResult(AnswerKind.OK, data=data, code=code)
+    return PollResult(CODES.get(code, AnswerKind.TRANSIENT), code=code, detail=f"code {code}: {msg}".strip())
 
 
 class AkoolClient:
@@ -135,7 +135,7 @@ class AkoolClient:
         """Ask Akool about one job. Never raises for upstream trouble: it is all in the result."""
         started = time.perf_counter()
         result = await self._fetch_once(video_model_id)
-        if result.kind == Kind.AUTH_FAILED and self.uses_token and result.code in (1101, None):
+        if result.kind == AnswerKind.AUTH_FAILED and self.uses_token and result.code in (1101, None):
             self._token = None  # the token expired or was revoked: fetch a new one and ask again once
             result = await self._fetch_once(video_model_id)
         detail = self._redact(result.detail)
@@ -161,9 +161,9 @@ class AkoolClient:
         except TokenRefused as exc:
             return exc.result
         except httpx.TimeoutException:
-            return PollResult(Kind.TRANSIENT, detail="timeout")
+            return PollResult(AnswerKind.TRANSIENT, detail="timeout")
         except httpx.HTTPError as exc:
-            return PollResult(Kind.TRANSIENT, detail=f"{type(exc).__name__}")
+            return PollResult(AnswerKind.TRANSIENT, detail=f"{type(exc).__name__}")
         return classify(response.status_code, _json_or_none(response))
 
 
@@ -172,8 +172,8 @@ class TokenRefused(Exception):
         super().__init__(result.detail)
         self.result = (
             result
-            if result.kind != Kind.OK
-            else PollResult(Kind.AUTH_FAILED, detail="getToken gave no token")
+            if result.kind != AnswerKind.OK
+            else PollResult(AnswerKind.AUTH_FAILED, detail="getToken gave no token")
         )
 
 

@@ -22,6 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.config import is_sqlite_url
+
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
@@ -101,7 +103,7 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
         self.url = async_url(url)
-        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.is_sqlite = is_sqlite_url(url)
         self._write_lock = WriteLock() if self.is_sqlite else None
         if self.is_sqlite:
             self.engine = self._sqlite_engine(immediate=True)
@@ -160,7 +162,12 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session whose statements all see one snapshot: a job's events and their attempts read
+        in two queries must agree (under READ COMMITTED an attempt could appear beside the event
+        state it replaced). SQLite's read transaction is a snapshot already."""
         async with self._read() as session:
+            if not self.is_sqlite:
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield session
 
     async def ping(self) -> None:

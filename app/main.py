@@ -11,13 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api.routes import health, jobs
 from app.api.bodylimit import BodyLimitMiddleware
+from app.api.routes import health, jobs
 from app.config import Settings, load_settings
 from app.db import Database
 from app.errors import install_error_handlers
 from app.migrate import upgrade_to_head
-from app.runtime import Relay, ensure_webhook_secret
+from app.runtime import Runtime
+from app.store import kept
 
 log = logging.getLogger("app")
 
@@ -36,19 +37,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if settings.is_sqlite:  # the embedded default: one command runs the service
             await asyncio.to_thread(upgrade_to_head, settings.database_url)
-        relay = Relay(settings, db, await ensure_webhook_secret(db, settings))
-        app.state.relay = relay
-        relay.start()
+        runtime = Runtime(settings, db, await kept.webhook_secret(db, settings.webhook_secret))
+        app.state.runtime = runtime
+        runtime.start()
         # Start-up leaves many long-lived objects; freezing them keeps the first full GC pass
         # (measured at 70-90 ms) from stalling a tick.
         gc.collect()
         gc.freeze()
-        relay.outbox.pump.wake()  # undelivered events from before a restart go out now
-        relay.poller.pump.wake()
+        runtime.events_waiting()  # undelivered events from before a restart go out now
+        runtime.jobs_registered()  # and jobs due meanwhile are polled
         try:
             yield
         finally:
-            await relay.stop()
+            await runtime.stop()
             await db.dispose()
 
     app = FastAPI(

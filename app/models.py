@@ -57,7 +57,6 @@ class EventState(StrEnum):
 
 UNSETTLED_EVENT_STATES = (EventState.PENDING, EventState.RETRYING)
 
-EVENT_TYPES = ("queueing", "processing", "progress", "completed", "failed", "expired")
 DEFAULT_EVENTS = ["completed", "failed", "expired"]
 
 
@@ -190,8 +189,9 @@ class StatusCount(SQLModel, table=True):
     n: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
 
 
-class Setting(SQLModel, table=True):
-    """Values the service generates once and keeps (the webhook secret)."""
+class KeptValue(SQLModel, table=True):
+    """Values the service generates once and keeps (the webhook secret). Not configuration: that is
+    `config.Settings`; the table keeps its first name, `setting`."""
 
     __tablename__ = "setting"
 

@@ -1,26 +1,28 @@
-"""The running service's parts, made at start-up and closed at shutdown (owned by the lifespan)."""
+"""The running service: its loops, clients and scheduler, made at start-up and closed at shutdown.
+
+The lifespan (main.py) owns a `Runtime`. Routes talk to it through intent methods
+(`jobs_registered()`, `events_waiting()`, `readiness()`, `metrics_text()`); they never touch a loop.
+Tests and burst runs drive the loops one step at a time with `poll_due_jobs()` and `deliver_due()`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 import httpx
-import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.dialects import postgresql, sqlite
+from prometheus_client import generate_latest
 
 from app import __version__
 from app.akool import AkoolClient
 from app.config import Settings
 from app.db import Database
 from app.metrics import Metrics
-from app.models import Setting
 from app.netguard import guarded_transport
+from app.store import jobs
 from app.webhooks import WebhookSender
 from app.worker.outbox import Outbox
 from app.worker.poller import Poller
@@ -29,31 +31,13 @@ log = logging.getLogger(__name__)
 
 AKOOL_POOL_SIZE = 8  # connections per Akool client (see AkoolClient)
 SHUTDOWN_GRACE = 10.0  # seconds in-flight polls and deliveries get to finish on SIGTERM
-WEBHOOK_SECRET_KEY = "webhook_secret"
-
-
-async def ensure_webhook_secret(db: Database, settings: Settings) -> str:
-    """RELAY_WEBHOOK_SECRET, or the one generated at first start and kept in the database."""
-    if settings.webhook_secret is not None:
-        return settings.webhook_secret.get_secret_value()
-    generated = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    dialect = postgresql if db.url.get_backend_name() == "postgresql" else sqlite
-    async with db.write() as session:
-        # Several replicas may start at once: the first insert wins and everyone reads it back.
-        await session.execute(
-            dialect.insert(Setting).values(key=WEBHOOK_SECRET_KEY, value=generated).on_conflict_do_nothing()
-        )
-        value = (
-            await session.execute(sa.select(Setting.value).where(Setting.key == WEBHOOK_SECRET_KEY))
-        ).scalar_one()
-    return str(value)
 
 
 def _keep_alive(connections: int) -> httpx.Limits:
     return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
-class Relay:
+class Runtime:
     def __init__(self, settings: Settings, db: Database, webhook_secret: str) -> None:
         self.settings = settings
         self.db = db
@@ -124,6 +108,45 @@ class Relay:
     @property
     def running(self) -> bool:
         return bool(self.scheduler.running)
+
+    def jobs_registered(self) -> None:
+        """New jobs are due now: poll them without waiting for the next tick."""
+        self.poller.pump.wake()
+
+    def events_waiting(self) -> None:
+        """Events were queued (a redelivery, or undelivered ones at start): send them now."""
+        self.outbox.pump.wake()
+
+    async def poll_due_jobs(self) -> int:
+        """Run-once: share health, claim one batch of due jobs, poll each and write the results."""
+        return await self.poller.poll_due_jobs()
+
+    async def deliver_due(self) -> int:
+        """Run-once: claim one batch of due events, send each and record the attempts."""
+        return await self.outbox.deliver_due()
+
+    async def readiness(self) -> tuple[list[str], str]:
+        """Why the service is not ready (empty when it is), and the upstream's state."""
+        reasons = []
+        try:
+            await self.db.ping()
+        except Exception as exc:
+            reasons.append(f"database unavailable ({type(exc).__name__})")
+        if not self.running:
+            reasons.append("pollers are not running")
+        health = self.poller.health
+        if health.paused:
+            reasons.append(f"Akool refuses our credentials: {health.reason or 'auth failed'}")
+        return reasons, health.state
+
+    async def metrics_text(self) -> bytes:
+        """Prometheus text; the job and delivery gauges are read from the counts at each scrape."""
+        summary = await jobs.summary(self.db)
+        for status, count in summary.jobs.items():
+            self.metrics.jobs.labels(status).set(count)
+        for state, count in summary.deliveries.items():
+            self.metrics.deliveries_by_state.labels(state).set(count)
+        return bytes(generate_latest(self.metrics.registry))
 
     def quiesce(self) -> None:
         """First step of a shutdown (on SIGTERM): no new ticks, no new claims."""

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.models import DEFAULT_EVENTS, Job
 
@@ -62,47 +62,29 @@ class JobBatch(BaseModel):
 
 
 class JobPublic(BaseModel):
+    """A job as clients see it. Read from a `Job` row or from the dict a new row is inserted from
+    (`JobPublic.model_validate(...)`); what a new row lacks is None."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     video_model_id: str
     status: str
-    video_status: int | None
-    progress: int | None
-    video_url: str | None
-    error_code: int | None
-    error_reason: str | None
-    audio_splits: dict[str, Any] | None
+    video_status: int | None = None
+    progress: int | None = None
+    video_url: str | None = None
+    error_code: int | None = None
+    error_reason: str | None = None
+    audio_splits: dict[str, Any] | None = None
     callback_url: str
     events: list[str]
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("client_metadata", "metadata"))
     created_at: datetime
     updated_at: datetime
-    finished_at: datetime | None
-    last_polled_at: datetime | None
-    next_poll_at: datetime | None
+    finished_at: datetime | None = None
+    last_polled_at: datetime | None = None
+    next_poll_at: datetime | None = None
     poll_count: int
     delivery: str
-
-    @classmethod
-    def of(cls, job: Job) -> JobPublic:
-        return cls(
-            video_model_id=job.video_model_id,
-            status=job.status,
-            video_status=job.video_status,
-            progress=job.progress,
-            video_url=job.video_url,
-            error_code=job.error_code,
-            error_reason=job.error_reason,
-            audio_splits=job.audio_splits,
-            callback_url=job.callback_url,
-            events=list(job.events),
-            metadata=job.client_metadata,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            finished_at=job.finished_at,
-            last_polled_at=job.last_polled_at,
-            next_poll_at=job.next_poll_at,
-            poll_count=job.poll_count,
-            delivery=job.delivery,
-        )
 
 
 class TransitionPublic(BaseModel):
@@ -166,7 +148,7 @@ class JobsPage(BaseModel):
 
 def callback_body(job: Job, event: str, at: datetime) -> str:
     """The exact callback body, fixed when the change happens so every attempt sends the same bytes."""
-    data = JobPublic.of(job).model_dump(mode="json")
+    data = JobPublic.model_validate(job).model_dump(mode="json")
     data["upstream"] = job.upstream
     return json.dumps(
         {"type": f"job.{event}", "timestamp": at.isoformat().replace("+00:00", "Z"), "data": data},

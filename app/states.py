@@ -1,7 +1,9 @@
-"""The job state machine: one pure function from (job, what we learned) to what changes.
+"""The job state machine, and the code that writes its decisions.
 
-`decide()` never touches the database or the clock; the poller feeds it and writes its `Decision`
-(job fields, transition rows, outbox events) in one transaction.
+`decide()` is one pure function from (job, what we learned) to what changes: it never touches the
+database or the clock. `apply_decision()` writes a `Decision` onto the job's row in the caller's
+transaction, with its transition rows and outbox events, so the three land together or not at all.
+The poller (`worker/poller.py`) and the API's cancel (`store/jobs.py`) are its two callers.
 """
 
 from __future__ import annotations
@@ -10,20 +12,37 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.models import TERMINAL_STATUSES, JobStatus
+from sqlalchemy.ext.asyncio import AsyncSession
 
-S = JobStatus
+from app.config import Settings
+from app.models import TERMINAL_STATUSES, Event, EventState, Job, JobStatus, Transition
+from app.retry import jittered, next_poll_interval
+from app.schemas import callback_body
+from app.store.leases import new_token
 
 # Which status may follow which. Anything else is ignored: Akool does not move jobs backwards,
 # and a terminal job never changes again.
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    S.PENDING: frozenset({S.QUEUEING, S.PROCESSING, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
-    S.QUEUEING: frozenset({S.PROCESSING, S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
-    S.PROCESSING: frozenset({S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED}),
+    JobStatus.PENDING: frozenset(
+        {
+            JobStatus.QUEUEING,
+            JobStatus.PROCESSING,
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.EXPIRED,
+            JobStatus.CANCELLED,
+        }
+    ),
+    JobStatus.QUEUEING: frozenset(
+        {JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED}
+    ),
+    JobStatus.PROCESSING: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED}
+    ),
     **{terminal: frozenset() for terminal in TERMINAL_STATUSES},
 }
 
-VIDEO_STATUS = {1: S.QUEUEING, 2: S.PROCESSING, 3: S.COMPLETED, 4: S.FAILED}
+VIDEO_STATUS = {1: JobStatus.QUEUEING, 2: JobStatus.PROCESSING, 3: JobStatus.COMPLETED, 4: JobStatus.FAILED}
 
 NOT_FOUND_ANSWERS = 3  # "does not exist" answers in a row needed (over the grace) to fail a job
 
@@ -41,7 +60,7 @@ class JobView:
 
 # What a poll (or the clock, or the client) tells us.
 @dataclass(frozen=True)
-class Seen:
+class Answered:
     """Akool answered code 1000 with this `data`."""
 
     data: dict[str, Any]
@@ -62,7 +81,7 @@ class Cancelled:
     """The client deleted the job."""
 
 
-Observation = Seen | NotFound | Expired | Cancelled
+Observation = Answered | NotFound | Expired | Cancelled
 
 
 @dataclass
@@ -102,9 +121,9 @@ def decide(job: JobView, observation: Observation, now: datetime, not_found_grac
         return decision
     match observation:
         case Cancelled():
-            _move(job, decision, S.CANCELLED, job.progress)
+            _move(job, decision, JobStatus.CANCELLED, job.progress)
         case Expired():
-            _move(job, decision, S.EXPIRED, job.progress)
+            _move(job, decision, JobStatus.EXPIRED, job.progress)
         case NotFound():
             count = job.not_found_count + 1
             since = job.not_found_since or now
@@ -113,8 +132,8 @@ def decide(job: JobView, observation: Observation, now: datetime, not_found_grac
                 decision.fields.update(
                     error_reason="Akool kept answering that this video_model_id does not exist"
                 )
-                _move(job, decision, S.FAILED, job.progress)
-        case Seen(data=data):
+                _move(job, decision, JobStatus.FAILED, job.progress)
+        case Answered(data=data):
             _apply_seen(job, decision, data)
     return decision
 
@@ -130,20 +149,71 @@ def _apply_seen(job: JobView, decision: Decision, data: dict[str, Any]) -> None:
         return
     if target != job.status and target not in ALLOWED[job.status]:
         return  # a stale answer (e.g. queueing after processing): never move backwards
-    if target == S.COMPLETED:
+    if target == JobStatus.COMPLETED:
         fields["video_url"] = data.get("video") or None
         fields["audio_splits"] = (
             data.get("audio_splits") if isinstance(data.get("audio_splits"), dict) else None
         )
         progress = 100 if progress is None else progress
-    if target == S.FAILED:
+    if target == JobStatus.FAILED:
         fields["error_code"] = _int_or_none(data.get("error_code"))
         fields["error_reason"] = data.get("error_reason") or None
-    was_processing = job.status == S.PROCESSING
+    was_processing = job.status == JobStatus.PROCESSING
     if progress is not None and progress != job.progress:
         fields["progress"] = progress
         decision.changed = True
-        if was_processing and target == S.PROCESSING and "progress" in job.events:
+        if was_processing and target == JobStatus.PROCESSING and "progress" in job.events:
             decision.events.append("progress")
     fields["video_status"] = _int_or_none(data.get("video_status"))
     _move(job, decision, target, progress if progress is not None else job.progress)
+
+
+def new_webhook_id() -> str:
+    return "msg_" + new_token()
+
+
+def apply_decision(
+    session: AsyncSession, job: Job, decision: Decision, now: datetime, settings: Settings, *, polled: bool
+) -> list[Event]:
+    """Apply `decision` to `job` (loaded in `session`); returns the new outbox events, oldest first."""
+    assert job.id is not None, "the job row is loaded from the database"
+    for key, value in decision.fields.items():
+        setattr(job, key, value)
+    if polled:
+        job.last_polled_at = now
+        job.poll_count += 1
+    if decision.changed:
+        job.updated_at = now
+    for from_status, to_status, progress in decision.transitions:
+        session.add(
+            Transition(job_id=job.id, from_status=from_status, to_status=to_status, at=now, progress=progress)
+        )
+    if decision.terminal:
+        job.finished_at = now
+        job.next_poll_at = None
+    else:
+        job.poll_interval = next_poll_interval(
+            job.poll_interval,
+            changed=decision.changed,
+            minimum=settings.poll_interval_min,
+            maximum=settings.poll_interval_max,
+        )
+        # Never later than the deadline, so a job expires on time.
+        job.next_poll_at = min(now + timedelta(seconds=jittered(job.poll_interval)), job.expires_at)
+    job.locked_until = None
+    job.lease_token = None
+    events = [
+        Event(
+            webhook_id=new_webhook_id(),
+            job_id=job.id,
+            type=f"job.{name}",
+            body=callback_body(job, name, now),
+            created_at=now,
+            next_attempt_at=now,
+        )
+        for name in decision.events
+    ]
+    if events:
+        job.delivery = EventState.PENDING
+        session.add_all(events)
+    return events

@@ -24,7 +24,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="    %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    # Relay.stop() shuts APScheduler down with wait=False, which cancels a tick in progress and
+    # Runtime.stop() shuts APScheduler down with wait=False, which cancels a tick in progress and
     # logs it as "Error running job poll … CancelledError": expected here, reported separately.
     logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)
     result = asyncio.run(_runners()[name](json.loads(raw)))

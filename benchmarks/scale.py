@@ -1,6 +1,6 @@
 """Scale of tracked jobs: N unfinished jobs all due at once, the relay against the naive design.
 
-- relay: N rows bulk-inserted (due now), then a cold start in a fresh process: Database + Relay,
+- relay: N rows bulk-inserted (due now), then a cold start in a fresh process: Database + Runtime,
   started exactly as the app's lifespan does (`relay.start()`, wake the pumps), polling a simulator
   subprocess whose jobs never finish. Runs until every job was polled once or the window ends.
 - naive: one APScheduler 3 interval job per id (memory job store, AsyncIOScheduler, defaults:
@@ -83,7 +83,7 @@ def _polls(relay: Any) -> int:
 async def relay_child(args: dict[str, Any]) -> dict[str, Any]:
     from app.config import load_settings
     from app.db import Database
-    from app.runtime import Relay
+    from app.runtime import Runtime
 
     n, window = int(args["jobs"]), float(args["window"])
     baseline = proc_status()
@@ -96,7 +96,7 @@ async def relay_child(args: dict[str, Any]) -> dict[str, Any]:
     )
     constructed = time.perf_counter()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
-    relay = Relay(settings, db, WEBHOOK_SECRET)  # before the ticks (and before uvicorn would serve)
+    relay = Runtime(settings, db, WEBHOOK_SECRET)  # before the ticks (and before uvicorn would serve)
     construct_s = time.perf_counter() - constructed
     lag = LagMonitor().start()  # the ticks: from the scheduler's start on
     started = time.monotonic()
@@ -113,8 +113,8 @@ async def relay_child(args: dict[str, Any]) -> dict[str, Any]:
 
         pump._claim = timed_claim
     relay.start()  # as app.main's lifespan: scheduler ticks, then wake both pumps
-    relay.outbox.pump.wake()
-    relay.poller.pump.wake()
+    relay.events_waiting()
+    relay.jobs_registered()
     all_polled_s = None
     next_report = started + 10
     while (elapsed := time.monotonic() - started) < window or window <= 0:
@@ -143,7 +143,7 @@ async def relay_child(args: dict[str, Any]) -> dict[str, Any]:
         "rss_end_mb": memory.get("VmRSS"),
         "rss_peak_mb": memory.get("VmHWM"),
         **lag_figures,
-        "construct_ms": ms(construct_s),  # Database() + Relay(): blocks the loop once, before any tick
+        "construct_ms": ms(construct_s),  # Database() + Runtime(): blocks the loop once, before any tick
         "first_claim_ms": ms(first_claim.get("s")),
         "first_claim_rows": first_claim.get("rows"),
         "run_s": round(run_s, 1),

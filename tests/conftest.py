@@ -26,7 +26,7 @@ from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import upgrade_to_head
 from app.sandbox.receiver import Receiver
-from app.runtime import Relay
+from app.runtime import Runtime
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
 
@@ -155,7 +155,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 @dataclass
 class RunningRelay:
-    relay: Relay
+    relay: Runtime
     client: httpx.AsyncClient
     base_url: str
     settings: Settings
@@ -183,7 +183,7 @@ def start_relay(db_url: str, simulator: tuple[Simulator, str]) -> RelayFactory:
             if settings.api_tokens:
                 headers["authorization"] = f"Bearer {settings.api_token_values[0]}"
             async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
-                yield RunningRelay(app.state.relay, client, base_url, settings)
+                yield RunningRelay(app.state.runtime, client, base_url, settings)
 
     return start
 

@@ -8,20 +8,20 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import Unauthorized
-from app.runtime import Relay
+from app.runtime import Runtime
 
 
-def get_relay(request: Request) -> Relay:
-    relay: Relay = request.app.state.relay
-    return relay
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
-RelayDep = Annotated[Relay, Depends(get_relay)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def require_token(request: Request, relay: RelayDep) -> None:
+def require_token(request: Request, runtime: RuntimeDep) -> None:
     """Bearer auth when RELAY_API_TOKENS is set; compared in constant time against every token."""
-    tokens = relay.settings.api_token_values
+    tokens = runtime.settings.api_token_values
     if not tokens:
         return
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")

@@ -1,4 +1,4 @@
-"""What the API does to the database: register, read, change, cancel, redeliver.
+"""The jobs the API reads and changes: register, read, list, summarize, change, cancel, redeliver.
 
 Routes stay thin; everything here raises `errors.RelayError` subclasses for the client's mistakes.
 """
@@ -9,11 +9,13 @@ import base64
 import binascii
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import SQLModel, col
 
 from app.config import Settings
 from app.db import Database
@@ -29,7 +31,6 @@ from app.models import (
     UpstreamHealth,
     utcnow,
 )
-from app.record import write_decision
 from app.schemas import (
     AttemptPublic,
     DeliveryPublic,
@@ -42,14 +43,15 @@ from app.schemas import (
     TransitionPublic,
     UpstreamSummary,
 )
-from app.states import Cancelled, JobView, decide
+from app.states import Cancelled, JobView, apply_decision, decide
 
 MAX_ID = 2**31 - 1  # job.id is a 32-bit integer on PostgreSQL
 
 # One executemany of a cached statement. RETURNING makes SQLAlchemy send it as multi-row INSERTs of up
 # to 1,000 rows ("insertmanyvalues"), so PostgreSQL's statement-level count trigger runs once per page,
 # not once per row; and unlike `insert().values([...])` nothing is compiled per request.
-INSERT_JOBS = sa.insert(Job.__table__).returning(Job.__table__.c.id)
+JOB_TABLE = SQLModel.metadata.tables[Job.__tablename__]
+INSERT_JOBS = sa.insert(JOB_TABLE).returning(JOB_TABLE.c.id)
 
 
 def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str, Any]:
@@ -70,39 +72,20 @@ def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str,
     }
 
 
-def _public_of_new(row: dict[str, Any]) -> JobPublic:
-    """What `public()` shows of a job just inserted from `row`, without loading it back."""
-    return JobPublic(
-        video_model_id=row["video_model_id"],
-        status=row["status"],
-        video_status=None,
-        progress=None,
-        video_url=None,
-        error_code=None,
-        error_reason=None,
-        audio_splits=None,
-        callback_url=row["callback_url"],
-        events=row["events"],
-        metadata=row["client_metadata"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=None,
-        last_polled_at=None,
-        next_poll_at=row["next_poll_at"],
-        poll_count=0,
-        delivery=row["delivery"],
-    )
+class Registered(Enum):
+    """What registering an id found: the route turns it into 201, 200 or 409."""
+
+    NEW = "new"
+    SAME = "same"  # already tracked with the same callback URL
+    CONFLICT = "conflict"  # already tracked with another callback URL
 
 
 async def register(
     db: Database, settings: Settings, specs: Sequence[JobCreate]
-) -> list[tuple[int, JobPublic]]:
-    """Track each job; returns (201 new | 200 already tracked alike, job) per spec, in order.
+) -> list[tuple[Registered, JobPublic]]:
+    """Track each job; returns what was found and the job (the existing one unless new), in order."""
 
-    A conflict (tracked with another callback URL) is (409, existing job).
-    """
-
-    async def insert_new(session: AsyncSession) -> list[tuple[int, JobPublic]]:
+    async def insert_new(session: AsyncSession) -> list[tuple[Registered, JobPublic]]:
         return await _insert_new(session, settings, specs)
 
     try:
@@ -114,35 +97,32 @@ async def register(
 
 async def _insert_new(
     session: AsyncSession, settings: Settings, specs: Sequence[JobCreate]
-) -> list[tuple[int, JobPublic]]:
+) -> list[tuple[Registered, JobPublic]]:
     now = utcnow()
     ids = {s.video_model_id for s in specs}
     existing: dict[str, tuple[str, JobPublic]] = {
-        j.video_model_id: (j.callback_url, public(j))
-        for j in (await session.execute(sa.select(Job).where(Job.video_model_id.in_(ids)))).scalars()
+        j.video_model_id: (j.callback_url, JobPublic.model_validate(j))
+        for j in await session.scalars(sa.select(Job).where(col(Job.video_model_id).in_(ids)))
     }
     rows: list[dict[str, Any]] = []
-    results: list[tuple[int, JobPublic]] = []
+    results: list[tuple[Registered, JobPublic]] = []
     for spec in specs:
         known = existing.get(spec.video_model_id)
         if known is None:
             row = new_job_row(spec, now, settings)
             rows.append(row)
-            known = existing[spec.video_model_id] = (spec.callback_url, _public_of_new(row))
-            results.append((201, known[1]))
+            known = existing[spec.video_model_id] = (spec.callback_url, JobPublic.model_validate(row))
+            results.append((Registered.NEW, known[1]))
         else:
-            results.append((200 if known[0] == spec.callback_url else 409, known[1]))
+            same = known[0] == spec.callback_url
+            results.append((Registered.SAME if same else Registered.CONFLICT, known[1]))
     if rows:
         await session.execute(INSERT_JOBS, rows)
     return results
 
 
-def public(job: Job) -> JobPublic:
-    return JobPublic.of(job)
-
-
 async def get_job(session: AsyncSession, video_model_id: str, *, for_update: bool = False) -> Job:
-    stmt = sa.select(Job).where(Job.video_model_id == video_model_id)
+    stmt = sa.select(Job).where(col(Job.video_model_id) == video_model_id)
     if for_update:
         stmt = stmt.with_for_update()
     job = (await session.execute(stmt)).scalar_one_or_none()
@@ -154,29 +134,27 @@ async def get_job(session: AsyncSession, video_model_id: str, *, for_update: boo
 async def detail(db: Database, video_model_id: str) -> JobDetail:
     async with db.read() as session:
         job = await get_job(session, video_model_id)
-        transitions = (
-            await session.execute(
-                sa.select(Transition).where(Transition.job_id == job.id).order_by(Transition.id)
-            )
-        ).scalars()
+        transitions = await session.scalars(
+            sa.select(Transition).where(col(Transition.job_id) == job.id).order_by(col(Transition.id))
+        )
         events = list(
-            (
-                await session.execute(sa.select(Event).where(Event.job_id == job.id).order_by(Event.id))
-            ).scalars()
+            await session.scalars(sa.select(Event).where(col(Event.job_id) == job.id).order_by(col(Event.id)))
         )
         attempts: dict[int, list[AttemptPublic]] = {}
         if events:
-            rows = await session.execute(
-                sa.select(Attempt).where(Attempt.event_id.in_([e.id for e in events])).order_by(Attempt.id)
+            rows = await session.scalars(
+                sa.select(Attempt)
+                .where(col(Attempt.event_id).in_([e.id for e in events]))
+                .order_by(col(Attempt.id))
             )
-            for a in rows.scalars():
+            for a in rows:
                 attempts.setdefault(a.event_id, []).append(
                     AttemptPublic(
                         at=a.at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms
                     )
                 )
     return JobDetail(
-        **public(job).model_dump(),
+        **JobPublic.model_validate(job).model_dump(),
         transitions=[
             TransitionPublic(from_status=t.from_status, to_status=t.to_status, at=t.at, progress=t.progress)
             for t in transitions
@@ -196,7 +174,7 @@ async def detail(db: Database, video_model_id: str) -> JobDetail:
     )
 
 
-async def update(db: Database, video_model_id: str, change: JobUpdate) -> Job:
+async def update(db: Database, video_model_id: str, change: JobUpdate) -> JobPublic:
     async with db.write(urgent=True) as session:  # a client waits
         job = await get_job(session, video_model_id, for_update=True)
         if change.callback_url is not None:
@@ -206,7 +184,7 @@ async def update(db: Database, video_model_id: str, change: JobUpdate) -> Job:
         if change.events is not None:
             job.events = list(change.events)
         job.updated_at = utcnow()
-    return job
+    return JobPublic.model_validate(job)
 
 
 async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
@@ -217,22 +195,20 @@ async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
         now = utcnow()
         decision = decide(view, Cancelled(), now, settings.not_found_grace)
         if decision.transitions:
-            write_decision(session, job, decision, now, settings, polled=False)
+            apply_decision(session, job, decision, now, settings, polled=False)
 
 
 async def redeliver(db: Database, video_model_id: str) -> Event:
     """Queue the job's latest event again, same webhook-id, with a fresh retry schedule."""
     async with db.write(urgent=True) as session:  # a client waits
         job = await get_job(session, video_model_id, for_update=True)
-        event = (
-            await session.execute(
-                sa.select(Event)
-                .where(Event.job_id == job.id)
-                .order_by(Event.id.desc())
-                .limit(1)
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
+        event = await session.scalar(
+            sa.select(Event)
+            .where(col(Event.job_id) == job.id)
+            .order_by(col(Event.id).desc())
+            .limit(1)
+            .with_for_update()
+        )
         if event is None:
             raise NothingToRedeliver()
         event.state = EventState.PENDING
@@ -262,36 +238,42 @@ def decode_cursor(cursor: str) -> int:
 
 async def page(db: Database, statuses: list[JobStatus], limit: int, cursor: int | None) -> JobsPage:
     async with db.read() as session:
-        stmt = sa.select(Job).order_by(Job.id.desc()).limit(limit + 1)
+        stmt = sa.select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
         if statuses:
-            stmt = stmt.where(Job.status.in_([s.value for s in statuses]))
+            stmt = stmt.where(col(Job.status).in_([s.value for s in statuses]))
         if cursor is not None:
-            stmt = stmt.where(Job.id < cursor)
-        jobs = list((await session.execute(stmt)).scalars())
+            stmt = stmt.where(col(Job.id) < cursor)
+        jobs = list(await session.scalars(stmt))
         summary = await summarize(session)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobsPage(
         summary=summary,
-        items=[public(j) for j in jobs],
+        items=[JobPublic.model_validate(j) for j in jobs],
         next_cursor=encode_cursor(jobs[-1].id or 0) if more and jobs else None,
     )
+
+
+async def summary(db: Database) -> Summary:
+    async with db.read() as session:
+        return await summarize(session)
 
 
 async def summarize(session: AsyncSession) -> Summary:
     jobs = {s.value: 0 for s in JobStatus}
     deliveries = {s.value: 0 for s in EventState}
     counters = {"job": jobs, "event": deliveries}
-    totals = sa.select(StatusCount.kind, StatusCount.status, sa.func.sum(StatusCount.n)).group_by(
-        StatusCount.kind, StatusCount.status
-    )
+    totals = sa.select(
+        col(StatusCount.kind), col(StatusCount.status), sa.func.sum(col(StatusCount.n))
+    ).group_by(col(StatusCount.kind), col(StatusCount.status))
     for kind, status, n in await session.execute(totals):
         counters[kind][status] = int(n)
-    oldest = (
-        await session.execute(
-            sa.select(Job.created_at).where(Job.next_poll_at.is_not(None)).order_by(Job.id).limit(1)
-        )
-    ).scalar_one_or_none()
+    oldest = await session.scalar(
+        sa.select(col(Job.created_at))
+        .where(col(Job.next_poll_at).is_not(None))
+        .order_by(col(Job.id))
+        .limit(1)
+    )
     health = await session.get(UpstreamHealth, 1) or UpstreamHealth()
     return Summary(
         jobs=jobs,

@@ -13,18 +13,23 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.models import Event, Job
+
+Leased = type[Job] | type[Event]
+
 
 def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def lease_free(table: Any, now: datetime) -> sa.ColumnElement[bool]:
-    return sa.or_(table.locked_until.is_(None), table.locked_until < now)
+def lease_free(table: Leased, now: datetime) -> sa.ColumnElement[bool]:
+    locked_until = sa.inspect(table).columns["locked_until"]
+    return sa.or_(locked_until.is_(None), locked_until < now)
 
 
 async def claim(
     session: AsyncSession,
-    table: Any,
+    table: Leased,
     due: sa.Select[Any],
     *,
     now: datetime,
@@ -33,10 +38,11 @@ async def claim(
 ) -> tuple[str, list[sa.Row[Any]]]:
     """Lease the rows `due` selects (a SELECT of ids with its own ORDER BY / LIMIT); returns the token."""
     token = new_token()
+    columns = sa.inspect(table).columns
     picked = due.with_for_update(skip_locked=True).scalar_subquery()
     stmt = (
         sa.update(table)
-        .where(table.id.in_(picked))
+        .where(columns["id"].in_(picked))
         .values(locked_until=now + timedelta(seconds=lease_seconds), lease_token=token)
         .returning(*returning)
     )
@@ -44,12 +50,13 @@ async def claim(
     return token, list(rows)
 
 
-async def release(session: AsyncSession, table: Any, leases: list[tuple[int, str]]) -> None:
+async def release(session: AsyncSession, table: Leased, leases: list[tuple[int, str]]) -> None:
     """Give leased rows back (shutdown): only rows we still hold, so a lost lease is left alone."""
+    columns = sa.inspect(table).columns
     for row_id, token in leases:
         await session.execute(
             sa.update(table)
-            .where(table.id == row_id, table.lease_token == token)
+            .where(columns["id"] == row_id, columns["lease_token"] == token)
             .values(locked_until=None, lease_token=None),
             execution_options={"synchronize_session": False},
         )

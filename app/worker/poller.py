@@ -1,8 +1,9 @@
 """The poll loop: claim due jobs, ask Akool, and turn each answer into a state change.
 
-Where a poll result becomes a state change: `Poller._write()` → `states.decide()`; the job row, its
-transition rows and its outbox events are written there, in one transaction (shared with the other
-polls that finished meanwhile: see worker/batch.py); new events are handed straight to the outbox.
+Where a poll result becomes a state change: `Poller._write()` → `states.decide()` →
+`states.apply_decision()`; the job row, its transition rows and its outbox events are written there,
+in one transaction (shared with the other polls that finished meanwhile: see worker/batch.py); new
+events are leased in that transaction and handed straight to the outbox after the commit.
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.akool import PAUSING, AkoolClient, Kind, PollResult
+from app.akool import PAUSING, AkoolClient, AnswerKind, PollResult
 from app.config import Settings
 from app.db import Database
 from app.metrics import Metrics
 from app.models import TERMINAL_STATUSES, Event, Job, JobStatus, utcnow
-from app.record import write_decision
-from app.states import Decision, Expired, JobView, NotFound, Observation, Seen, decide
-from app.store import leases
+from app.states import Answered, Decision, Expired, JobView, NotFound, Observation, apply_decision, decide
+from app.store import events, polls
+from app.store.events import Handoff
+from app.store.polls import ClaimedJob
 from app.worker.batch import BatchWriter
-from app.worker.outbox import Handoff, Outbox
+from app.worker.outbox import Outbox
 from app.worker.pump import Pump
 from app.worker.upstream import ANSWERED, HealthTracker, RateLimiter
 
@@ -32,15 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ClaimedJob:
-    id: int
-    video_model_id: str
-    expires_at: datetime
-    token: str
-
-
-@dataclass(frozen=True)
-class Written:
+class PollBatchWritten:
     """What a poll transaction did: the statuses it moved jobs to, the events it leased."""
 
     statuses: list[JobStatus]
@@ -48,7 +40,7 @@ class Written:
 
 
 @dataclass(frozen=True)
-class Learned:
+class PollOutcome:
     """What one poll (or the clock) found out about a claimed job."""
 
     item: ClaimedJob
@@ -75,7 +67,9 @@ class Poller:
         self.pump: Pump[ClaimedJob] = Pump(
             "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency
         )
-        self.writer: BatchWriter[Learned, Written] = BatchWriter(db, self._write, then=self._committed)
+        self.writer: BatchWriter[PollOutcome, PollBatchWritten] = BatchWriter(
+            db, self._write, then=self._committed
+        )
         self._results: list[PollResult] = []  # since the last health write
         self._probe_after = 0.0  # monotonic time of the next probe while paused
 
@@ -100,36 +94,18 @@ class Poller:
         # Claim no more than the rate limiter lets out within a quarter of a lease: a claimed job
         # waiting for its request slot must never outlive its lease (another replica would take it).
         n = min(n, max(1, int(self.limiter.rate * self.settings.lease_seconds / 4)))
-        now = utcnow()
-        due = sa.select(Job.id).where(Job.next_poll_at <= now, leases.lease_free(Job, now))
-        batches = []
-        if self.health.paused:
-            # Akool refuses our credentials: poll nothing, but let jobs expire on time and send
-            # one probe per interval to notice when Akool accepts again.
-            batches.append(due.where(Job.expires_at <= now).order_by(Job.next_poll_at).limit(n))
-            if time.monotonic() >= self._probe_after:
-                self._probe_after = time.monotonic() + self.settings.poll_interval_min
-                batches.append(due.order_by(Job.next_poll_at).limit(1))
-        else:
-            batches.append(due.order_by(Job.next_poll_at).limit(n))
-        claimed: list[ClaimedJob] = []
-        returning = [Job.id, Job.video_model_id, Job.expires_at]
-        async with self.db.write() as session:
-            for batch in batches:
-                token, rows = await leases.claim(
-                    session,
-                    Job,
-                    batch,
-                    now=now,
-                    lease_seconds=self.settings.lease_seconds,
-                    returning=returning,
-                )
-                claimed.extend(ClaimedJob(r.id, r.video_model_id, r.expires_at, token) for r in rows)
-        return claimed
+        probe = False
+        if self.health.paused and time.monotonic() >= self._probe_after:
+            # Akool refuses our credentials: poll nothing but one probe per interval, to notice
+            # when Akool accepts again (jobs still expire on time).
+            self._probe_after = time.monotonic() + self.settings.poll_interval_min
+            probe = True
+        return await polls.claim_due(
+            self.db, n, utcnow(), self.settings.lease_seconds, expiring_only=self.health.paused, probe=probe
+        )
 
     async def release(self, items: list[ClaimedJob]) -> None:
-        async with self.db.write() as session:
-            await leases.release(session, Job, [(i.id, i.token) for i in items])
+        await polls.release(self.db, items)
 
     async def poll(self, item: ClaimedJob) -> None:
         if item.expires_at <= utcnow():
@@ -139,9 +115,9 @@ class Poller:
         result = await self.akool.fetch(item.video_model_id)
         self._note(result)
         observation: Observation | None = None
-        if result.kind == Kind.OK and result.data is not None:
-            observation = Seen(result.data)
-        elif result.kind == Kind.NOT_FOUND:
+        if result.kind == AnswerKind.OK and result.data is not None:
+            observation = Answered(result.data)
+        elif result.kind == AnswerKind.NOT_FOUND:
             observation = NotFound()
         await self.apply(item, observation, result)
 
@@ -150,7 +126,7 @@ class Poller:
         self._results.append(result)
         self.metrics.polls.labels(result.kind.value).inc()
         self.metrics.upstream_latency.observe(result.latency)
-        if result.kind == Kind.THROTTLED:
+        if result.kind == AnswerKind.THROTTLED:
             self.limiter.slow_down()
         if result.kind in PAUSING and not self.health.paused:
             log.warning("Akool refused our account (%s): polling paused until it accepts", result.detail)
@@ -164,30 +140,21 @@ class Poller:
         self, item: ClaimedJob, observation: Observation | None, result: PollResult | None
     ) -> None:
         """Write what one poll learned (committed together with other polls' results)."""
-        await self.writer.submit(Learned(item, observation, result))
+        await self.writer.submit(PollOutcome(item, observation, result))
 
-    async def _write(self, session: AsyncSession, batch: list[Learned]) -> Written:
+    async def _write(self, session: AsyncSession, batch: list[PollOutcome]) -> PollBatchWritten:
         """One transaction: for each poll, its job row, transitions and outbox events.
 
         The new events that may go out at once are leased here too and handed to the outbox after
-        the commit (see Outbox.lease_new).
+        the commit (see store.events.lease_new).
         """
-        ids = sorted(learned.item.id for learned in batch)
-        # Job rows locked in id order, as every writer that locks several does.
-        jobs = {
-            job.id: job
-            for job in (
-                await session.execute(
-                    sa.select(Job).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
-                )
-            ).scalars()
-        }
+        jobs = await polls.lock_jobs(session, (outcome.item.id for outcome in batch))
         now = utcnow()
         created: list[tuple[Job, list[Event]]] = []
         statuses: list[JobStatus] = []
-        for learned in batch:
-            job = jobs.get(learned.item.id)
-            if job is None or job.lease_token != learned.item.token or job.status in TERMINAL_STATUSES:
+        for outcome in batch:
+            job = jobs.get(outcome.item.id)
+            if job is None or job.lease_token != outcome.item.token or job.status in TERMINAL_STATUSES:
                 continue  # our lease was lost (or the client cancelled): someone else owns this row now
             view = JobView(
                 JobStatus(job.status),
@@ -197,19 +164,22 @@ class Poller:
                 job.not_found_since,
             )
             decision = (
-                decide(view, learned.observation, now, self.settings.not_found_grace)
-                if learned.observation is not None
+                decide(view, outcome.observation, now, self.settings.not_found_grace)
+                if outcome.observation is not None
                 else Decision(status=view.status)
             )
-            events = write_decision(
-                session, job, decision, now, self.settings, polled=learned.result is not None
+            new_events = apply_decision(
+                session, job, decision, now, self.settings, polled=outcome.result is not None
             )
             statuses.extend(to_status for _, to_status, _ in decision.transitions)
-            if events:
-                created.append((job, events))
-        return Written(statuses, await self.outbox.lease_new(session, created))
+            if new_events:
+                created.append((job, new_events))
+        handoff = await events.lease_new(
+            session, created, room=self.outbox.free_slots(), lease_seconds=self.outbox.lease_seconds
+        )
+        return PollBatchWritten(statuses, handoff)
 
-    def _committed(self, written: Written) -> None:
+    def _committed(self, written: PollBatchWritten) -> None:
         # Counted after the commit: a transaction PostgreSQL aborts runs again (Database.run).
         for status in written.statuses:
             self.metrics.transitions.labels(status.value).inc()

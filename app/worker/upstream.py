@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sqlalchemy.dialects import postgresql, sqlite
-
-from app.akool import PAUSING, Kind, PollResult
+from app.akool import PAUSING, AnswerKind, PollResult
 from app.db import Database
 from app.models import UpstreamHealth, utcnow
+from app.store.upstream import read_health, write_health
 
 # Answers that show Akool accepted our request (whatever it said about the job).
-ANSWERED = frozenset({Kind.OK, Kind.NOT_FOUND})
+ANSWERED = frozenset({AnswerKind.OK, AnswerKind.NOT_FOUND})
 THROTTLE_FLOOR = 0.05  # never slow below 1/20 of the configured rate
 SLOWDOWN_DEBOUNCE = 1.0  # seconds: 1005 answers closer together than this halve the rate once
 
@@ -83,11 +82,9 @@ class HealthTracker:
 
     async def refresh(self) -> UpstreamHealth:
         """Read the shared row (another replica may have seen Akool refuse or accept again)."""
-        async with self._db.read() as session:
-            row = await session.get(UpstreamHealth, 1)
-        row = row or UpstreamHealth()
+        row = await read_health(self._db)
         self.state, self.reason = row.state, row.reason
-        self.paused = row.state == Kind.AUTH_FAILED.value
+        self.paused = row.state == AnswerKind.AUTH_FAILED.value
         return row
 
     async def record(self, results: list[PollResult], throttled: bool) -> None:
@@ -108,17 +105,8 @@ class HealthTracker:
         self.state, self.reason, self.paused = state, reason, state == "auth_failed"
         now = utcnow()
         values: dict[str, object] = {"state": state, "reason": reason, "updated_at": now}
+        last_errors = None
         if answered:  # errors after the last good answer are the consecutive ones
             values["last_success_at"] = now
-            values["consecutive_errors"] = len(results) - 1 - answered[-1]
-            increment: object = values["consecutive_errors"]
-        else:
-            increment = UpstreamHealth.consecutive_errors + len(results)
-        dialect = postgresql if self._db.url.get_backend_name() == "postgresql" else sqlite
-        stmt = (
-            dialect.insert(UpstreamHealth)
-            .values(id=1, **{**values, "consecutive_errors": values.get("consecutive_errors", len(results))})
-            .on_conflict_do_update(index_elements=["id"], set_={**values, "consecutive_errors": increment})
-        )
-        async with self._db.write() as session:
-            await session.execute(stmt)
+            last_errors = len(results) - 1 - answered[-1]
+        await write_health(self._db, values, errors_seen=len(results), last_errors=last_errors)

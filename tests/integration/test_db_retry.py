@@ -12,20 +12,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
-from app.models import Setting
+from app.models import KeptValue
 
 
 async def test_a_transaction_aborted_as_a_deadlock_runs_again(pg_db_url: str) -> None:
     db = Database(pg_db_url)
     try:
         async with db.write() as session:
-            session.add_all([Setting(key="a", value="0"), Setting(key="b", value="0")])
+            session.add_all([KeptValue(key="a", value="0"), KeptValue(key="b", value="0")])
         tries: Counter[str] = Counter()
         both_hold_one = asyncio.Barrier(2)
 
         async def bump(session: AsyncSession, key: str) -> None:
             await session.execute(
-                sa.update(Setting).where(Setting.key == key).values(value=Setting.value + "1")
+                sa.update(KeptValue).where(KeptValue.key == key).values(value=KeptValue.value + "1")
             )
 
         def crossing(name: str, first: str, second: str) -> Callable[[AsyncSession], Awaitable[None]]:
@@ -42,7 +42,7 @@ async def test_a_transaction_aborted_as_a_deadlock_runs_again(pg_db_url: str) ->
             asyncio.gather(db.run(crossing("x", "a", "b")), db.run(crossing("y", "b", "a"))), 30
         )
         async with db.read() as session:
-            values = {k: v for k, v in (await session.execute(sa.select(Setting.key, Setting.value))).all()}
+            values = {k: v for k, v in (await session.execute(sa.select(KeptValue.key, KeptValue.value))).all()}
         assert sorted(tries.values()) == [1, 2]  # PostgreSQL aborted one; it ran again
         assert values == {"a": "011", "b": "011"}  # both transactions' changes, each exactly once
     finally:
@@ -56,9 +56,9 @@ async def test_other_errors_are_not_retried(pg_db_url: str) -> None:
     async def duplicate(session: AsyncSession) -> None:
         nonlocal tries
         tries += 1
-        session.add_all([Setting(key="same", value="1")])
+        session.add_all([KeptValue(key="same", value="1")])
         await session.flush()
-        session.add_all([Setting(key="same", value="2")])
+        session.add_all([KeptValue(key="same", value="2")])
         await session.flush()
 
     try:

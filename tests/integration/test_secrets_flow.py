@@ -289,7 +289,7 @@ async def _running(db_url: str, sim: Simulator, **env: Any) -> AsyncIterator[Flo
                         timeout=10,
                     ) as client:
                         yield Flow(sim, client, base_url, receiver.url(rec_url), transcript)
-                    transcript.add("relay repr", repr(app.state.relay.__dict__))
+                    transcript.add("relay repr", repr(app.state.runtime.__dict__))
             finally:
                 for r in receiver.attempts:
                     transcript.add(f"callback {r.webhook_id}", f"{r.headers} {r.body}")

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.akool import CODES, INFO_PATH, PAUSING, TOKEN_PATH, AkoolClient, Kind, PollResult, classify
+from app.akool import CODES, INFO_PATH, PAUSING, TOKEN_PATH, AkoolClient, AnswerKind, PollResult, classify
 from app.config import Settings, load_settings
 
 BASE = "http://akool.test"
@@ -40,7 +40,7 @@ def envelope(code: int, data: Any = None, msg: str = "") -> dict[str, Any]:
 
 def test_code_1000_with_data_is_ok_and_keeps_the_data() -> None:
     r = classify(200, envelope(1000, JOB_DATA, "OK"))
-    assert r.kind == Kind.OK
+    assert r.kind == AnswerKind.OK
     assert r.data == JOB_DATA
     assert r.code == 1000
 
@@ -48,7 +48,7 @@ def test_code_1000_with_data_is_ok_and_keeps_the_data() -> None:
 def test_code_1000_for_a_failed_job_is_still_ok() -> None:
     data = {"video_status": 4, "error_code": 100203, "error_reason": "no speech"}
     r = classify(200, envelope(1000, data))
-    assert r.kind == Kind.OK
+    assert r.kind == AnswerKind.OK
     assert r.data == data
 
 
@@ -58,14 +58,14 @@ def test_code_1000_without_a_data_object_is_transient(data: Any) -> None:
     if data is not None:
         body["data"] = data
     r = classify(200, body)
-    assert r.kind == Kind.TRANSIENT
+    assert r.kind == AnswerKind.TRANSIENT
     assert r.data is None
     assert r.detail
 
 
 def test_code_1005_is_throttled() -> None:
     r = classify(200, envelope(1005, msg="Operation is too frequent"))
-    assert r.kind == Kind.THROTTLED
+    assert r.kind == AnswerKind.THROTTLED
     assert r.code == 1005
     assert "1005" in r.detail
 
@@ -73,7 +73,7 @@ def test_code_1005_is_throttled() -> None:
 @pytest.mark.parametrize("code", [1101, 1102, 1200, 1009])
 def test_credential_codes_are_auth_failed(code: int) -> None:
     r = classify(200, envelope(code, msg="nope"))
-    assert r.kind == Kind.AUTH_FAILED
+    assert r.kind == AnswerKind.AUTH_FAILED
     assert r.code == code
     assert str(code) in r.detail
     assert r.kind in PAUSING
@@ -82,7 +82,7 @@ def test_credential_codes_are_auth_failed(code: int) -> None:
 @pytest.mark.parametrize("code", [1008, 1014])
 def test_does_not_exist_codes_are_not_found(code: int) -> None:
     r = classify(200, envelope(code, msg="The content you get does not exist."))
-    assert r.kind == Kind.NOT_FOUND
+    assert r.kind == AnswerKind.NOT_FOUND
     assert r.code == code
     assert r.kind not in PAUSING
 
@@ -90,30 +90,30 @@ def test_does_not_exist_codes_are_not_found(code: int) -> None:
 @pytest.mark.parametrize("code", [1103, 1104, 1006, 1213, 1221])
 def test_billing_codes_are_billing(code: int) -> None:
     r = classify(200, envelope(code, msg="insufficient credit"))
-    assert r.kind == Kind.BILLING
+    assert r.kind == AnswerKind.BILLING
     assert r.code == code
     assert r.kind in PAUSING
 
 
 def test_2001_is_transient() -> None:
     r = classify(200, envelope(2001, msg="server error"))
-    assert r.kind == Kind.TRANSIENT
+    assert r.kind == AnswerKind.TRANSIENT
     assert r.code == 2001
 
 
 @pytest.mark.parametrize("code", [0, 1, 999, 1001, 1007, 1500, 3000, 99999, -1])
 def test_an_unknown_code_is_transient(code: int) -> None:
     r = classify(200, envelope(code, msg="who knows"))
-    assert r.kind == Kind.TRANSIENT
+    assert r.kind == AnswerKind.TRANSIENT
     assert r.code == code
 
 
 def test_the_code_table_covers_spec_section_1() -> None:
     expected = {
-        1005: Kind.THROTTLED,
-        **dict.fromkeys((1101, 1102, 1200, 1009), Kind.AUTH_FAILED),
-        **dict.fromkeys((1008, 1014), Kind.NOT_FOUND),
-        **dict.fromkeys((1103, 1104, 1006, 1213, 1221), Kind.BILLING),
+        1005: AnswerKind.THROTTLED,
+        **dict.fromkeys((1101, 1102, 1200, 1009), AnswerKind.AUTH_FAILED),
+        **dict.fromkeys((1008, 1014), AnswerKind.NOT_FOUND),
+        **dict.fromkeys((1103, 1104, 1006, 1213, 1221), AnswerKind.BILLING),
     }
     assert expected == CODES
 
@@ -122,14 +122,14 @@ def test_the_code_table_covers_spec_section_1() -> None:
 def test_http_status_other_than_200_is_transient(status: int) -> None:
     # Even with a body that looks like success: the status decides.
     r = classify(status, envelope(1000, JOB_DATA))
-    assert r.kind == Kind.TRANSIENT
+    assert r.kind == AnswerKind.TRANSIENT
     assert r.data is None
     assert str(status) in r.detail
 
 
 def test_http_401_is_auth_failed() -> None:
     r = classify(401, None)
-    assert r.kind == Kind.AUTH_FAILED
+    assert r.kind == AnswerKind.AUTH_FAILED
     assert r.kind in PAUSING
 
 
@@ -152,7 +152,7 @@ def test_http_401_is_auth_failed() -> None:
 )
 def test_bodies_that_are_not_the_envelope_are_transient(body: Any) -> None:
     r = classify(200, body)
-    assert r.kind == Kind.TRANSIENT
+    assert r.kind == AnswerKind.TRANSIENT
     assert r.data is None
     assert r.detail
 
@@ -229,7 +229,7 @@ async def test_api_key_mode_sends_x_api_key_and_the_id() -> None:
     client, http = client_for(key_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.OK
+    assert result.kind == AnswerKind.OK
     assert result.data == JOB_DATA
     assert result.latency >= 0
     [req] = fake.requests
@@ -265,7 +265,7 @@ async def test_token_mode_fetches_a_token_once_and_caches_it() -> None:
         assert client.uses_token
         for i in range(3):
             result = await client.fetch(f"vid-{i}")
-            assert result.kind == Kind.OK, result
+            assert result.kind == AnswerKind.OK, result
     assert len(fake.token_requests) == 1
     token_req = fake.token_requests[0]
     assert token_req.method == "POST"
@@ -281,7 +281,7 @@ async def test_concurrent_fetches_share_one_token_request() -> None:
     client, http = client_for(token_settings(), fake)
     async with http:
         results = await asyncio.gather(*(client.fetch(f"vid-{i}") for i in range(10)))
-    assert all(r.kind == Kind.OK for r in results)
+    assert all(r.kind == AnswerKind.OK for r in results)
     assert len(fake.token_requests) == 1
 
 
@@ -300,13 +300,13 @@ async def test_token_mode_refetches_the_token_when_it_is_refused_then_succeeds(r
     fake._info = info
     client, http = client_for(token_settings(), fake)
     async with http:
-        assert (await client.fetch("vid-1")).kind == Kind.OK
+        assert (await client.fetch("vid-1")).kind == AnswerKind.OK
         fake.valid_tokens.clear()  # Akool revokes the token
         result = await client.fetch("vid-2")
-        assert result.kind == Kind.OK, result
+        assert result.kind == AnswerKind.OK, result
         assert result.data == JOB_DATA
         # the new token is cached again
-        assert (await client.fetch("vid-3")).kind == Kind.OK
+        assert (await client.fetch("vid-3")).kind == AnswerKind.OK
     assert len(fake.token_requests) == 2
     auths = [r.headers["authorization"] for r in fake.info_requests]
     assert auths == ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2", "Bearer tok-2"]
@@ -317,7 +317,7 @@ async def test_token_refused_twice_is_auth_failed_not_an_exception() -> None:
     client, http = client_for(token_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.AUTH_FAILED
+    assert result.kind == AnswerKind.AUTH_FAILED
     assert len(fake.info_requests) == 2  # asked once more with a fresh token, not in a loop
     assert len(fake.token_requests) == 2
     assert_no_secret(result)
@@ -328,7 +328,7 @@ async def test_get_token_refused_is_auth_failed() -> None:
     client, http = client_for(token_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.AUTH_FAILED
+    assert result.kind == AnswerKind.AUTH_FAILED
     assert fake.info_requests == []
     assert_no_secret(result)
 
@@ -339,7 +339,7 @@ async def test_get_token_without_a_token_is_not_ok() -> None:
     async with http:
         result = await client.fetch("vid-1")
     # A malformed getToken answer: either reading is defensible, but never OK and never a raise.
-    assert result.kind in (Kind.AUTH_FAILED, Kind.TRANSIENT)
+    assert result.kind in (AnswerKind.AUTH_FAILED, AnswerKind.TRANSIENT)
     assert fake.info_requests == []
 
 
@@ -348,7 +348,7 @@ async def test_get_token_server_error_is_transient() -> None:
     client, http = client_for(token_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.TRANSIENT
+    assert result.kind == AnswerKind.TRANSIENT
 
 
 async def test_get_token_connection_error_is_transient() -> None:
@@ -359,7 +359,7 @@ async def test_get_token_connection_error_is_transient() -> None:
     client, http = client_for(token_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.TRANSIENT
+    assert result.kind == AnswerKind.TRANSIENT
     assert_no_secret(result)
 
 
@@ -375,7 +375,7 @@ async def test_timeouts_are_transient(exc: type[httpx.TimeoutException]) -> None
     client, http = client_for(key_settings(), FakeAkool(info=info))
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.TRANSIENT
+    assert result.kind == AnswerKind.TRANSIENT
     assert "timeout" in result.detail.lower()
     assert_no_secret(result)
 
@@ -392,7 +392,7 @@ async def test_connection_errors_are_transient(exc: type[httpx.TransportError]) 
     client, http = client_for(key_settings(), FakeAkool(info=info))
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.TRANSIENT
+    assert result.kind == AnswerKind.TRANSIENT
     assert result.detail
     assert_no_secret(result)
 
@@ -414,7 +414,7 @@ async def test_upstream_garbage_is_transient(response: httpx.Response) -> None:
     client, http = client_for(key_settings(), FakeAkool(info=lambda _r: response))
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.TRANSIENT
+    assert result.kind == AnswerKind.TRANSIENT
     assert result.data is None
 
 
@@ -423,7 +423,7 @@ async def test_key_mode_401_is_auth_failed_without_a_retry() -> None:
     client, http = client_for(key_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.AUTH_FAILED
+    assert result.kind == AnswerKind.AUTH_FAILED
     assert len(fake.info_requests) == 1
     assert fake.token_requests == []
     assert_no_secret(result)
@@ -436,7 +436,7 @@ async def test_details_never_contain_the_api_key(code: int) -> None:
     client, http = client_for(key_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == CODES.get(code, Kind.TRANSIENT)
+    assert result.kind == CODES.get(code, AnswerKind.TRANSIENT)
     assert_no_secret(result)
 
 
@@ -447,7 +447,7 @@ async def test_details_never_contain_the_client_secret() -> None:
     client, http = client_for(token_settings(), fake)
     async with http:
         result = await client.fetch("vid-1")
-    assert result.kind == Kind.AUTH_FAILED
+    assert result.kind == AnswerKind.AUTH_FAILED
     assert_no_secret(result)
 
 
@@ -462,4 +462,4 @@ async def test_fetch_never_raises_for_unexpected_bodies() -> None:
     client, http = client_for(key_settings(), FakeAkool(info=lambda _r: next(answers)))
     async with http:
         for _ in range(3):
-            assert (await client.fetch("vid-1")).kind == Kind.TRANSIENT
+            assert (await client.fetch("vid-1")).kind == AnswerKind.TRANSIENT

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app.store import jobs as jobstore
-from app.api.deps import Authorized, RelayDep
+from app.api.deps import Authorized, RuntimeDep
 from app.errors import CallbackConflict, field_error
 from app.models import JobStatus
 from app.netguard import UnsafeCallbackURL, check_callback_url
 from app.schemas import BatchItem, BatchResult, JobBatch, JobCreate, JobDetail, JobPublic, JobsPage, JobUpdate
+from app.store import jobs as jobstore
+from app.store.jobs import Registered
 
 
 class ErrorBody(BaseModel):
@@ -24,6 +25,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
+REGISTERED_STATUS = {
+    Registered.NEW: 201,
+    Registered.SAME: 200,
+    Registered.CONFLICT: CallbackConflict.status_code,
+}
+
 router = APIRouter(
     prefix="/jobs",
     tags=["jobs"],
@@ -33,36 +40,36 @@ router = APIRouter(
 )
 
 
-async def _why_refused(relay: RelayDep, url: str) -> str | None:
+async def _why_refused(runtime: RuntimeDep, url: str) -> str | None:
     """Why a callback URL is refused (SSRF guard: private addresses, no DNS answer), or None."""
     try:
-        await check_callback_url(url, allow_private=relay.settings.allow_private_callbacks)
+        await check_callback_url(url, allow_private=runtime.settings.allow_private_callbacks)
     except UnsafeCallbackURL as exc:
         return str(exc)
     return None
 
 
-async def _check_callback(relay: RelayDep, url: str) -> None:
-    if (reason := await _why_refused(relay, url)) is not None:
+async def _check_callback(runtime: RuntimeDep, url: str) -> None:
+    if (reason := await _why_refused(runtime, url)) is not None:
         raise field_error("callback_url", reason, url)
 
 
 @router.post(
     "", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, **_errors(409)}
 )
-async def create_job(spec: JobCreate, relay: RelayDep, response: Response) -> JobPublic:
-    await _check_callback(relay, spec.callback_url)
-    [(status, job)] = await jobstore.register(relay.db, relay.settings, [spec])
-    if status == 409:
+async def create_job(spec: JobCreate, runtime: RuntimeDep, response: Response) -> JobPublic:
+    await _check_callback(runtime, spec.callback_url)
+    [(found, job)] = await jobstore.register(runtime.db, runtime.settings, [spec])
+    if found is Registered.CONFLICT:
         raise CallbackConflict()
-    response.status_code = status
-    if status == 201:
-        relay.poller.pump.wake()
+    response.status_code = REGISTERED_STATUS[found]
+    if found is Registered.NEW:
+        runtime.jobs_registered()
     return job
 
 
 @router.post("/batch", response_model=BatchResult)
-async def create_jobs(batch: JobBatch, relay: RelayDep) -> BatchResult:
+async def create_jobs(batch: JobBatch, runtime: RuntimeDep) -> BatchResult:
     items: list[BatchItem | None] = []
     valid: list[tuple[int, JobCreate]] = []
     refused: dict[str, str | None] = {}  # callback URL → why it is refused; a batch mostly repeats one
@@ -73,24 +80,24 @@ async def create_jobs(batch: JobBatch, relay: RelayDep) -> BatchResult:
             items.append(BatchItem(status=422, detail=exc.errors(include_url=False, include_context=False)))
             continue
         if spec.callback_url not in refused:
-            refused[spec.callback_url] = await _why_refused(relay, spec.callback_url)
+            refused[spec.callback_url] = await _why_refused(runtime, spec.callback_url)
         if (reason := refused[spec.callback_url]) is not None:
             items.append(BatchItem(status=422, detail=[{"loc": ["callback_url"], "msg": reason}]))
             continue
         items.append(None)
         valid.append((index, spec))
     if valid:
-        registered = await jobstore.register(relay.db, relay.settings, [spec for _, spec in valid])
-        for (index, _), (status, job) in zip(valid, registered, strict=True):
-            detail = CallbackConflict.default_detail if status == 409 else None
-            items[index] = BatchItem(status=status, job=job, detail=detail)
-        relay.poller.pump.wake()
+        registered = await jobstore.register(runtime.db, runtime.settings, [spec for _, spec in valid])
+        for (index, _), (found, job) in zip(valid, registered, strict=True):
+            detail = CallbackConflict.default_detail if found is Registered.CONFLICT else None
+            items[index] = BatchItem(status=REGISTERED_STATUS[found], job=job, detail=detail)
+        runtime.jobs_registered()
     return BatchResult(results=[i for i in items if i is not None])
 
 
 @router.get("", response_model=JobsPage)
 async def list_jobs(
-    relay: RelayDep,
+    runtime: RuntimeDep,
     status: Annotated[list[JobStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -101,32 +108,32 @@ async def list_jobs(
             after = jobstore.decode_cursor(cursor)
         except ValueError as exc:
             raise field_error("cursor", str(exc), cursor) from None
-    return await jobstore.page(relay.db, status or [], limit, after)
+    return await jobstore.page(runtime.db, status or [], limit, after)
 
 
 @router.get(
     "/{video_model_id}", response_model=JobDetail, response_model_by_alias=True, responses=_errors(404)
 )
-async def get_job(video_model_id: str, relay: RelayDep) -> JobDetail:
-    return await jobstore.detail(relay.db, video_model_id)
+async def get_job(video_model_id: str, runtime: RuntimeDep) -> JobDetail:
+    return await jobstore.detail(runtime.db, video_model_id)
 
 
 @router.patch("/{video_model_id}", response_model=JobPublic, responses=_errors(404))
-async def update_job(video_model_id: str, change: JobUpdate, relay: RelayDep) -> JobPublic:
+async def update_job(video_model_id: str, change: JobUpdate, runtime: RuntimeDep) -> JobPublic:
     if change.callback_url is not None:
-        await _check_callback(relay, change.callback_url)
-    return jobstore.public(await jobstore.update(relay.db, video_model_id, change))
+        await _check_callback(runtime, change.callback_url)
+    return await jobstore.update(runtime.db, video_model_id, change)
 
 
 @router.delete("/{video_model_id}", status_code=204, response_class=Response, responses=_errors(404))
-async def cancel_job(video_model_id: str, relay: RelayDep) -> Response:
-    await jobstore.cancel(relay.db, relay.settings, video_model_id)
+async def cancel_job(video_model_id: str, runtime: RuntimeDep) -> Response:
+    await jobstore.cancel(runtime.db, runtime.settings, video_model_id)
     return Response(status_code=204)
 
 
 @router.post("/{video_model_id}/redeliver", status_code=202, responses=_errors(404, 409))
-async def redeliver(video_model_id: str, relay: RelayDep) -> JSONResponse:
-    event = await jobstore.redeliver(relay.db, video_model_id)
-    relay.outbox.pump.wake()
+async def redeliver(video_model_id: str, runtime: RuntimeDep) -> JSONResponse:
+    event = await jobstore.redeliver(runtime.db, video_model_id)
+    runtime.events_waiting()
     body: dict[str, Any] = {"webhook_id": event.webhook_id, "type": event.type, "state": event.state}
     return JSONResponse(body, status_code=202)

@@ -1,0 +1,173 @@
+"""The outbox's SQL: events (one row per callback) and their attempts.
+
+A job's later event is not claimable while an earlier one is unsettled (`_unsettled`), which keeps
+callbacks in order; `claim_due` and `lease_new` both keep that rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlmodel import col
+
+from app.db import Database
+from app.models import Attempt, Event, EventState, Job, utcnow
+from app.store import leases
+from app.webhooks import AttemptResult
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    id: int
+    job_id: int
+    webhook_id: str
+    body: str
+    attempts: int
+    token: str
+    callback_url: str
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What a poll transaction leased for the outbox: events to send now, and whether others wait."""
+
+    events: list[ClaimedEvent]
+    waiting: bool
+
+
+def _unsettled(event: Any) -> sa.ColumnElement[bool]:
+    """Still to be sent or retried: such an event holds back its job's later ones."""
+    return col(event.next_attempt_at).is_not(None)
+
+
+async def lease_new(
+    session: AsyncSession, created: list[tuple[Job, list[Event]]], *, room: int, lease_seconds: float
+) -> Handoff:
+    """In the poll transaction: lease the new events that may go out at once, up to `room`.
+
+    Only a job's first new event, and only when none of its earlier events is unsettled (the order
+    `claim_due` keeps); the rest are left for a claim, which the settling of the earlier event wakes.
+    `waiting` says when the room ran out instead. Flushes, so the leased events have their ids.
+    """
+    if not created:
+        return Handoff([], waiting=False)
+    with session.no_autoflush:  # earlier events only: the new ones are not inserted yet
+        busy = set(
+            await session.scalars(
+                sa.select(col(Event.job_id))
+                .where(col(Event.job_id).in_([job.id for job, _ in created]), _unsettled(Event))
+                .distinct()
+            )
+        )
+    token = leases.new_token()
+    until = utcnow() + timedelta(seconds=lease_seconds)
+    leased: list[tuple[Job, Event]] = []
+    waiting = False
+    for job, (first, *_) in created:
+        if job.id in busy:
+            continue
+        if len(leased) >= room:
+            waiting = True
+            continue
+        first.locked_until, first.lease_token = until, token
+        leased.append((job, first))
+    await session.flush()
+    claimed = []
+    for job, e in leased:
+        assert e.id is not None, "flushed"
+        claimed.append(
+            ClaimedEvent(e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url)
+        )
+    return Handoff(claimed, waiting)
+
+
+async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -> list[ClaimedEvent]:
+    """Lease up to `n` due events, earliest due first, none behind an unsettled earlier one."""
+    earlier = aliased(Event)
+    blocked = (
+        sa.select(col(earlier.id))
+        .where(col(earlier.job_id) == col(Event.job_id), col(earlier.id) < col(Event.id), _unsettled(earlier))
+        .exists()
+    )
+    due = (
+        sa.select(col(Event.id))
+        .where(col(Event.next_attempt_at) <= now, leases.lease_free(Event, now), ~blocked)
+        .order_by(col(Event.next_attempt_at))
+        .limit(n)
+    )
+    returning = [Event.id, Event.job_id, Event.webhook_id, Event.body, Event.attempts]
+    async with db.write() as session:
+        token, rows = await leases.claim(
+            session, Event, due, now=now, lease_seconds=lease_seconds, returning=returning
+        )
+        if not rows:
+            return []
+        urls = {
+            job_id: url
+            for job_id, url in await session.execute(
+                sa.select(col(Job.id), col(Job.callback_url)).where(col(Job.id).in_({r.job_id for r in rows}))
+            )
+        }
+    return [
+        ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, urls[r.job_id]) for r in rows
+    ]
+
+
+async def release(db: Database, items: Iterable[ClaimedEvent]) -> None:
+    async with db.write() as session:
+        await leases.release(session, Event, [(i.id, i.token) for i in items])
+
+
+async def record_attempt(
+    session: AsyncSession,
+    item: ClaimedEvent,
+    result: AttemptResult,
+    state: EventState,
+    next_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """The attempt row, and the event's new state if we still hold its lease (returns whether)."""
+    # The job row first, as every writer locks: the same lock order everywhere.
+    await session.execute(sa.select(col(Job.id)).where(col(Job.id) == item.job_id).with_for_update())
+    updated = await session.execute(
+        sa.update(Event)
+        .where(col(Event.id) == item.id, col(Event.lease_token) == item.token)
+        .values(
+            state=state,
+            attempts=item.attempts + 1,
+            next_attempt_at=next_at,
+            delivered_at=now if result.ok else None,
+            locked_until=None,
+            lease_token=None,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    session.add(
+        Attempt(
+            event_id=item.id,
+            at=now,
+            status_code=result.status_code,
+            error=result.error,
+            duration_ms=round(result.duration_ms, 3),
+            response_excerpt=result.excerpt,
+        )
+    )
+    if getattr(updated, "rowcount", 0) != 1:
+        return False
+    await _mirror_delivery_state(session, item.job_id, item.id, state)
+    return True
+
+
+async def _mirror_delivery_state(session: AsyncSession, job_id: int, event_id: int, state: str) -> None:
+    """Keep job.delivery equal to the state of the job's latest event."""
+    later = sa.select(col(Event.id)).where(col(Event.job_id) == job_id, col(Event.id) > event_id).exists()
+    await session.execute(
+        sa.update(Job).where(col(Job.id) == job_id, ~later).values(delivery=state),
+        execution_options={"synchronize_session": False},
+    )
