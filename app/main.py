@@ -23,7 +23,8 @@ from app.store import kept
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, driven: bool = False) -> FastAPI:
+    """The app; `driven=True` starts no loops (tests step them through `app.state.runtime`)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if settings.is_sqlite:  # the embedded default: one command runs the service
             await asyncio.to_thread(upgrade_to_head, settings.database_url)
-        runtime = Runtime(settings, db, await kept.webhook_secret(db, settings.webhook_secret))
+        runtime = Runtime(settings, db, await kept.webhook_secret(db, settings.webhook_secret), driven=driven)
         app.state.runtime = runtime
         runtime.start()
         # Start-up leaves many long-lived objects; freezing them keeps the first full GC pass

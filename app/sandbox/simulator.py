@@ -20,6 +20,7 @@ import random
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -98,9 +99,27 @@ class ScriptBody(BaseModel):
     process_seconds: float | None = Field(None, ge=0)
 
 
+class ManualClock:
+    """A job clock that moves only when told: `advance(seconds)`. Tests that step the relay use it so
+    that a job's lifecycle takes no wall time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Simulator:
-    def __init__(self, config: SimulatorConfig | None = None) -> None:
+    def __init__(
+        self, config: SimulatorConfig | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
+        """`clock` times each id's lifecycle (default: time.monotonic; see ManualClock)."""
         self.config = config or SimulatorConfig()
+        self.clock = clock or time.monotonic
         self.faults = Faults()
         self.slow_seconds = 30.0
         self.auth_failing = False
@@ -219,7 +238,7 @@ class Simulator:
         if script is not None:
             queue = queue if script.queue_seconds is None else script.queue_seconds
             process = process if script.process_seconds is None else script.process_seconds
-        elapsed = time.monotonic() - seen_mono
+        elapsed = self.clock() - seen_mono
         h = hashlib.sha1(vid.encode()).hexdigest()
         data: dict[str, Any] = {
             "_id": h[:24],
@@ -259,7 +278,7 @@ class Simulator:
     async def _answer_info(self, request: Request, vid: str) -> tuple[int | None, int, Response]:
         outcome = self._outcome(vid)
         if outcome != "unknown" and vid not in self._first_seen:
-            self._first_seen[vid] = (time.monotonic(), int(time.time() * 1000))
+            self._first_seen[vid] = (self.clock(), int(time.time() * 1000))
         delay = self.config.latency + (self.slow_seconds if self._roll(self.faults.slow) else 0.0)
         if delay > 0 and not await _sleep_unless_disconnected(request, delay):
             return None, CLIENT_CLOSED, Response(status_code=CLIENT_CLOSED)

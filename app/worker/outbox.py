@@ -25,7 +25,15 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, settings: Settings, db: Database, sender: WebhookSender, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        sender: WebhookSender,
+        metrics: Metrics,
+        *,
+        driven: bool = False,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.sender = sender
@@ -33,7 +41,12 @@ class Outbox:
         # A lease outlives the longest attempt, so an event is never sent twice at once.
         self.lease_seconds = max(settings.lease_seconds, settings.delivery_timeout * 2)
         self.pump: Pump[ClaimedEvent] = Pump(
-            "outbox", self.claim, self.deliver, self.release, capacity=settings.poll_concurrency
+            "outbox",
+            self.claim,
+            self.deliver,
+            self.release,
+            capacity=settings.poll_concurrency,
+            driven=driven,
         )
 
     def free_slots(self) -> int:

@@ -56,6 +56,8 @@ class Poller:
         akool: AkoolClient,
         metrics: Metrics,
         outbox: Outbox,
+        *,
+        driven: bool = False,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -65,7 +67,7 @@ class Poller:
         self.limiter = RateLimiter(settings.akool_rate_limit, cooldown=settings.throttle_cooldown)
         self.health = HealthTracker(db)
         self.pump: Pump[ClaimedJob] = Pump(
-            "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency
+            "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency, driven=driven
         )
         self.writer: BatchWriter[PollOutcome, PollBatchWritten] = BatchWriter(
             db, self._write, then=self._committed

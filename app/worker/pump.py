@@ -5,6 +5,8 @@ one and writes its result. The scheduler's tick calls `fill()`; a finished item 
 busy loop does not wait for the next tick, and `wake()` lets another loop say "there is work now".
 `adopt()` starts items another loop leased for us (the poller hands over new events it leased in its
 own transaction). `run_once()` is the step-by-step entry for tests: claim one batch and finish it.
+A pump made with `driven=True` does nothing by itself: no wakes, no room for adoption; only
+`run_once()` moves it, so a test decides every step.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ class Pump(Generic[T]):
         work: Callable[[T], Awaitable[None]],
         release: Callable[[list[T]], Awaitable[None]],
         capacity: int,
+        *,
+        driven: bool = False,
     ) -> None:
         self.name = name
+        self.driven = driven
         self._claim = claim
         self._work = work
         self._release = release
@@ -45,7 +50,9 @@ class Pump(Generic[T]):
     @property
     def room(self) -> int:
         """Free slots (none once closed): how many items another loop may lease for `adopt()`."""
-        return 0 if self._closed else max(0, self.capacity - len(self._inflight))
+        if self._closed or self.driven:
+            return 0
+        return max(0, self.capacity - len(self._inflight))
 
     def adopt(self, items: list[T]) -> int:
         """Work on leased items, as many as there are free slots; give the rest back. Returns how
@@ -103,7 +110,7 @@ class Pump(Generic[T]):
         return started
 
     def wake(self) -> None:
-        if self._closed:
+        if self._closed or self.driven:
             return
         task = asyncio.get_running_loop().create_task(self.fill())
         self._background.add(task)

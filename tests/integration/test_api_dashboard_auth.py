@@ -14,16 +14,8 @@ from typing import Any
 import httpx
 
 from app.sandbox.receiver import Receiver
-from tests.conftest import RelayFactory, wait_job
-from tests.integration.helpers_api import (
-    DELIVERY_STATES,
-    HOOK,
-    JOB_FIELDS,
-    STATUSES,
-    assert_field_error,
-    is_utc,
-    register,
-)
+from tests.support.api import DELIVERY_STATES, JOB_FIELDS, STATUSES, assert_field_error, is_utc
+from tests.support.relay import HOOK, RelayFactory, register, wait_job
 
 # -- GET /jobs ---------------------------------------------------------------------------------------
 

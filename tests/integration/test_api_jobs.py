@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from app.sandbox.receiver import Receiver
-from tests.conftest import RelayFactory, wait_job
-from tests.integration.helpers_api import (
-    HOOK,
+from tests.support.api import (
     JOB_FIELDS,
     OTHER_HOOK,
     assert_detail,
@@ -20,8 +18,8 @@ from tests.integration.helpers_api import (
     assert_item_field_error,
     errors_of,
     is_utc,
-    register,
 )
+from tests.support.relay import HOOK, RelayFactory, register, wait_job
 
 # -- POST /jobs: created, same, conflict -------------------------------------------------------------
 

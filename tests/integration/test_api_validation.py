@@ -14,15 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app import netguard
-from tests.conftest import RelayFactory
-from tests.integration.helpers_api import (
-    HOOK,
-    assert_detail,
-    assert_field_error,
-    assert_item_field_error,
-    errors_of,
-    register,
-)
+from tests.support.api import assert_detail, assert_field_error, assert_item_field_error, errors_of
+from tests.support.relay import HOOK, RelayFactory, register
 
 # -- POST /jobs: bad input ---------------------------------------------------------------------------
 

@@ -21,8 +21,16 @@ import pytest
 from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
-from tests.conftest import WEBHOOK_SECRET
-from tests.procs import RelayProcs, fetch, register_batch, relay_env, settled, verify_relayed, wait_until
+from tests.support.env import WEBHOOK_SECRET
+from tests.support.procs import (
+    RelayProcs,
+    fetch,
+    register_batch,
+    relay_env,
+    settled,
+    verify_relayed,
+    wait_until,
+)
 
 # Each test takes 20–60 s on a busy 2-CPU machine; the timeout leaves room for a slower runner.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.db import Database
 from app.models import KeptValue
@@ -25,7 +26,7 @@ async def test_a_transaction_aborted_as_a_deadlock_runs_again(pg_db_url: str) ->
 
         async def bump(session: AsyncSession, key: str) -> None:
             await session.execute(
-                sa.update(KeptValue).where(KeptValue.key == key).values(value=KeptValue.value + "1")
+                sa.update(KeptValue).where(col(KeptValue.key) == key).values(value=col(KeptValue.value) + "1")
             )
 
         def crossing(name: str, first: str, second: str) -> Callable[[AsyncSession], Awaitable[None]]:
@@ -42,7 +43,10 @@ async def test_a_transaction_aborted_as_a_deadlock_runs_again(pg_db_url: str) ->
             asyncio.gather(db.run(crossing("x", "a", "b")), db.run(crossing("y", "b", "a"))), 30
         )
         async with db.read() as session:
-            values = {k: v for k, v in (await session.execute(sa.select(KeptValue.key, KeptValue.value))).all()}
+            values = {
+                k: v
+                for k, v in (await session.execute(sa.select(col(KeptValue.key), col(KeptValue.value)))).all()
+            }
         assert sorted(tries.values()) == [1, 2]  # PostgreSQL aborted one; it ran again
         assert values == {"a": "011", "b": "011"}  # both transactions' changes, each exactly once
     finally:

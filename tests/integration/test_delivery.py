@@ -5,85 +5,18 @@ job, redirects, Retry-After, timeouts, what every callback carries, and an outbo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
 from app.sandbox.receiver import Behaviour, Receiver
-from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import FAILED_ERROR_CODE, FAILED_REASON, Simulator
-from tests.conftest import RelayFactory, wait_job
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until predicate() holds, checking every 20 ms; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def register(r: Any, video_model_id: str, callback_url: str, **extra: Any) -> dict[str, Any]:
-    created = await r.client.post(
-        "/jobs", json={"video_model_id": video_model_id, "callback_url": callback_url, **extra}
-    )
-    assert created.status_code == 201, created.text
-    job: dict[str, Any] = created.json()
-    return job
-
-
-def attempt_codes(job: dict[str, Any], index: int = 0) -> list[int | None]:
-    return [a["status_code"] for a in job["deliveries"][index]["attempts"]]
-
-
-@dataclass
-class Hit:
-    path: str
-    type: str
-    webhook_id: str
-    at: float
-    status: int
-
-
-@dataclass
-class ScriptedReceiver:
-    """A bare receiver whose answer is a function of (path, event type); records every request."""
-
-    answer: Callable[[str, str], tuple[int, dict[str, str]]]
-    hits: list[Hit] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
-
-    async def _handle(self, request: Request) -> Response:
-        body = await request.json()
-        path = request.path_params["path"]
-        status, headers = self.answer(path, body.get("type", ""))
-        self.hits.append(Hit(path, body.get("type", ""), request.headers["webhook-id"], time.time(), status))
-        return Response(b"scripted", status_code=status, headers=headers)
-
-
-@contextlib.asynccontextmanager
-async def scripted(
-    answer: Callable[[str, str], tuple[int, dict[str, str]]],
-) -> AsyncIterator[tuple[ScriptedReceiver, str]]:
-    rec = ScriptedReceiver(answer)
-    async with serve_in_background(rec.app) as base_url:
-        yield rec, base_url
-
+from tests.support.receivers import attempt_codes, scripted
+from tests.support.relay import RelayFactory, register, wait_job
 
 # -- outcomes ------------------------------------------------------------------------------------
 

@@ -12,20 +12,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from app.db import Database
 from app.models import Attempt, Event, EventState, Job
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import Simulator
-from app.worker.outbox import Handoff
-from tests.conftest import RelayFactory, RunningRelay, wait_job
-from tests.integration.test_delivery import attempt_codes, register, scripted
+from app.store.events import Handoff
+from tests.support.receivers import attempt_codes, scripted
+from tests.support.relay import RelayFactory, RunningRelay, register, wait_job
 
 STEPS = ["processing", "completed"]
 
 
 def finished(job: dict[str, Any]) -> bool:
-    return job["status"] == "completed" and job["delivery"] == "delivered"
+    return bool(job["status"] == "completed" and job["delivery"] == "delivered")
 
 
 def record_handoffs(r: RunningRelay, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -181,15 +182,19 @@ async def stored(
     try:
         async with db.read() as session:
             job = (
-                await session.execute(sa.select(Job).where(Job.video_model_id == video_model_id))
+                await session.execute(sa.select(Job).where(col(Job.video_model_id) == video_model_id))
             ).scalar_one()
             events = list(
                 (
-                    await session.execute(sa.select(Event).where(Event.job_id == job.id).order_by(Event.id))
+                    await session.execute(
+                        sa.select(Event).where(col(Event.job_id) == job.id).order_by(col(Event.id))
+                    )
                 ).scalars()
             )
             rows = await session.execute(
-                sa.select(Attempt).where(Attempt.event_id.in_([e.id for e in events])).order_by(Attempt.id)
+                sa.select(Attempt)
+                .where(col(Attempt.event_id).in_([e.id for e in events]))
+                .order_by(col(Attempt.id))
             )
             attempts: dict[int | None, list[Attempt]] = {e.id: [] for e in events}
             for attempt in rows.scalars():

@@ -7,7 +7,8 @@ import json
 from standardwebhooks import Webhook
 
 from app.sandbox.receiver import Receiver
-from tests.conftest import WEBHOOK_SECRET, RelayFactory, wait_job
+from tests.support.env import WEBHOOK_SECRET
+from tests.support.relay import RelayFactory, wait_job
 
 
 async def test_completed_job_is_called_back_signed(

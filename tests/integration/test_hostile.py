@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 from app.api.bodylimit import MAX_BODY_BYTES
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import Simulator
-from tests.conftest import RelayFactory, RunningRelay, wait_job
+from tests.support.relay import RelayFactory, RunningRelay, wait_job
 
 TOKEN = "tok-hostile-7f3a9c"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -26,7 +26,7 @@ import pytest
 from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
-from tests.procs import free_port, relay_command, relay_env
+from tests.support.procs import free_port, relay_command, relay_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -16,8 +16,18 @@ from app.main import create_app
 from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
-from tests.conftest import RelayFactory, RunningRelay, relay_settings, wait_job
-from tests.integration.helpers_polling import TERMINAL, path, register, requests_for, summary, wait_until
+from tests.support.env import relay_settings
+from tests.support.relay import (
+    TERMINAL,
+    RelayFactory,
+    RunningRelay,
+    path,
+    register,
+    requests_for,
+    summary,
+    wait_job,
+    wait_until,
+)
 
 # -- 1. transient faults never decide anything ---------------------------------------------------------
 
@@ -32,7 +42,7 @@ async def test_upstream_faults_never_fail_a_job_and_polls_never_overlap(
     expected = {**{f"ok-{i}": "completed" for i in range(7)}, **{f"fail-{i}": "failed" for i in range(3)}}
     async with start_relay(RELAY_THROTTLE_COOLDOWN=0.5) as r:
         for vid in expected:
-            await register(r.client, vid, hook_url)
+            await register(r, vid, hook_url)
         await rec.wait_for(
             lambda rc: {c.body["data"]["video_model_id"] for c in rc.accepted} >= set(expected), 20
         )
@@ -79,7 +89,7 @@ async def test_auth_failure_pauses_polling_and_recovers(
     vids = [f"paused-{i}" for i in range(6)]
     async with start_relay(RELAY_POLL_INTERVAL_MIN=probe_interval, RELAY_POLL_INTERVAL_MAX=0.3) as r:
         for vid in vids:
-            await register(r.client, vid, hook_url)
+            await register(r, vid, hook_url)
 
         async def paused() -> bool:
             ready = await r.client.get("/readyz")
@@ -151,14 +161,14 @@ async def test_token_auth_fetches_a_token_once_and_again_after_revocation(
             db_url, sim_url, AKOOL_API_KEY=None, AKOOL_CLIENT_ID="cid", AKOOL_CLIENT_SECRET="csecret"
         ) as r,
     ):
-        await register(r.client, "tok-1", hook_url)
+        await register(r, "tok-1", hook_url)
         job = await wait_job(r.client, "tok-1", lambda j: j["status"] in TERMINAL)
         assert job["status"] == "completed", job
         assert sim.token_requests == 1
         assert len(requests_for(sim, "tok-1")) >= 2  # several polls, one token
 
         sim.revoke_tokens()
-        await register(r.client, "tok-2", hook_url)
+        await register(r, "tok-2", hook_url)
         job = await wait_job(r.client, "tok-2", lambda j: j["status"] in TERMINAL)
         assert job["status"] == "completed", job
         assert sim.token_requests == 2  # the revoked token was answered 1101 and fetched again once
@@ -183,8 +193,8 @@ async def test_throttling_slows_the_process_down_and_recovers(
         base = limiter.base_rate
         assert base == r.settings.akool_rate_limit and limiter.rate == base
         sim.set_faults(throttle=1.0)
-        await register(r.client, "throttled-long", hook_url)
-        await register(r.client, "throttled-1", hook_url)
+        await register(r, "throttled-long", hook_url)
+        await register(r, "throttled-1", hook_url)
         await wait_until(lambda: limiter.rate < base, 5, "the limiter to slow down")
         await wait_until(lambda: _upstream_state_is(r, "throttled"), 5, "summary upstream throttled")
         assert (await r.client.get("/readyz")).status_code == 200  # throttled is not unready
@@ -211,7 +221,7 @@ async def test_throttling_is_forgotten_once_akool_has_been_quiet_even_when_idle(
         sim.set_faults(throttle=1.0)
         vids = [f"idle-throttled-{i}" for i in range(4)]
         for vid in vids:
-            await register(r.client, vid, hook_url)
+            await register(r, vid, hook_url)
         # Deep enough that the few polls left after the fault clears cannot undo it on their own.
         await wait_until(lambda: limiter.rate <= base / 4, 8, "the rate down to a quarter")
         await wait_until(lambda: _upstream_state_is(r, "throttled"), 5, "summary upstream throttled")

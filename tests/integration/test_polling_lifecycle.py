@@ -11,20 +11,30 @@ from collections.abc import Callable
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlmodel import col
 
 from app.db import Database
 from app.models import Job
 from app.sandbox.receiver import Receiver
 from app.sandbox.simulator import Simulator
-from tests.conftest import RelayFactory, RunningRelay, wait_job
-from tests.integration.helpers_polling import TERMINAL, path, register, requests_for, summary, wait_until
+from tests.support.relay import (
+    TERMINAL,
+    RelayFactory,
+    RunningRelay,
+    path,
+    register,
+    requests_for,
+    summary,
+    wait_job,
+    wait_until,
+)
 
 # -- 1. "does not exist" -------------------------------------------------------------------------------
 
 
 async def _job_row(r: RunningRelay, vid: str) -> Job:
     async with r.relay.db.read() as session:
-        job = (await session.execute(sa.select(Job).where(Job.video_model_id == vid))).scalar_one()
+        job = (await session.execute(sa.select(Job).where(col(Job.video_model_id) == vid))).scalar_one()
     return job
 
 
@@ -35,7 +45,7 @@ async def test_unknown_id_fails_only_after_three_answers_over_the_grace(
     rec, hook_url = receiver
     grace = 0.6
     async with start_relay(RELAY_NOT_FOUND_GRACE=grace) as r:
-        await register(r.client, "unknown-1", hook_url)
+        await register(r, "unknown-1", hook_url)
         job = await wait_job(r.client, "unknown-1", lambda j: j["status"] in TERMINAL, timeout=5)
         row = await _job_row(r, "unknown-1")
         await rec.wait_for(lambda rc: len(rc.accepted) >= 1, 5)
@@ -67,7 +77,7 @@ async def test_with_zero_grace_only_three_not_found_answers_in_a_row_fail_a_job(
     _, hook_url = receiver
 
     async def unknown() -> None:
-        await register(r.client, "unknown-2", hook_url)
+        await register(r, "unknown-2", hook_url)
         job = await wait_job(r.client, "unknown-2", lambda j: j["status"] in TERMINAL, timeout=5)
         assert job["status"] == "failed", job
         assert job["poll_count"] == 3
@@ -76,7 +86,7 @@ async def test_with_zero_grace_only_three_not_found_answers_in_a_row_fail_a_job(
 
     async def late() -> None:  # not found once, then there
         sim.script("late-1", outcome="unknown")
-        await register(r.client, "late-1", hook_url)
+        await register(r, "late-1", hook_url)
         await _after_answers(sim, "late-1", 1, lambda: sim.script("late-1", outcome="completed"))
         job = await wait_job(r.client, "late-1", lambda j: j["status"] in TERMINAL, timeout=5)
         assert job["status"] == "completed", job
@@ -87,7 +97,7 @@ async def test_with_zero_grace_only_three_not_found_answers_in_a_row_fail_a_job(
             return lambda: sim.script("flap-1", outcome=outcome, queue_seconds=0.5, process_seconds=0.1)
 
         answer("unknown")()
-        await register(r.client, "flap-1", hook_url)
+        await register(r, "flap-1", hook_url)
         await _after_answers(sim, "flap-1", 2, answer("completed"))
         await _after_answers(sim, "flap-1", 3, answer("unknown"))
         await _after_answers(sim, "flap-1", 5, answer("completed"))
@@ -113,7 +123,7 @@ async def test_job_expires_after_the_timeout_and_is_never_polled_again(
     rec, hook_url = receiver
     sim.script("stuck-1", queue_seconds=30)
     async with start_relay(RELAY_JOB_TIMEOUT=0.5) as r:
-        await register(r.client, "stuck-1", hook_url)
+        await register(r, "stuck-1", hook_url)
         job = await wait_job(r.client, "stuck-1", lambda j: j["status"] in TERMINAL, timeout=5)
         assert job["status"] == "expired", job
         assert path(job) == [("pending", "queueing"), ("queueing", "expired")]
@@ -143,7 +153,7 @@ async def test_jobs_expire_on_time_while_polling_is_paused(
     rec, hook_url = receiver
     sim.auth_failing = True
     async with start_relay(RELAY_JOB_TIMEOUT=0.8) as r:
-        await register(r.client, "paused-expiry-1", hook_url)
+        await register(r, "paused-expiry-1", hook_url)
         job = await wait_job(r.client, "paused-expiry-1", lambda j: j["status"] in TERMINAL, timeout=5)
         assert job["status"] == "expired", job
         assert path(job) == [("pending", "expired")]
@@ -167,8 +177,8 @@ async def test_cancel_stops_polling_and_sends_nothing(
     rec, hook_url = receiver
     sim.script("cancel-1", queue_seconds=30)
     async with start_relay() as r:
-        await register(r.client, "cancel-1", hook_url, events=["queueing", "processing", "completed"])
-        await register(r.client, "keep-1", hook_url)
+        await register(r, "cancel-1", hook_url, events=["queueing", "processing", "completed"])
+        await register(r, "keep-1", hook_url)
         await wait_job(r.client, "cancel-1", lambda j: j["poll_count"] >= 2)
         await rec.wait_for(lambda rc: any(c.type == "job.queueing" for c in rc.accepted), 5)
 
@@ -213,7 +223,7 @@ async def test_poll_interval_grows_while_nothing_changes_and_is_capped(
     lo, hi = 0.1, 0.4
     sim.script("slow-queue-1", queue_seconds=30)
     async with start_relay(RELAY_POLL_INTERVAL_MIN=lo, RELAY_POLL_INTERVAL_MAX=hi) as r:
-        await register(r.client, "slow-queue-1", hook_url)
+        await register(r, "slow-queue-1", hook_url)
         # The relay's own plan after each poll: next_poll_at - last_polled_at (both from one clock read).
         plans: dict[int, float] = {}
         deadline = time.monotonic() + 10
@@ -310,8 +320,8 @@ async def _leased_unfinished(db_url: str) -> list[str]:
     try:
         async with db.read() as session:
             rows = await session.execute(
-                sa.select(Job.video_model_id).where(
-                    Job.locked_until.is_not(None), Job.next_poll_at.is_not(None)
+                sa.select(col(Job.video_model_id)).where(
+                    col(Job.locked_until).is_not(None), col(Job.next_poll_at).is_not(None)
                 )
             )
             return sorted(rows.scalars())

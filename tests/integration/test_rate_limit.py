@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from app.sandbox.simulator import Simulator
-from tests.conftest import RelayFactory
+from tests.support.relay import RelayFactory
 
 LIMIT = 40.0
 COOLDOWN = 2.0

@@ -21,8 +21,8 @@ import pytest
 from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
-from tests.conftest import WEBHOOK_SECRET
-from tests.procs import (
+from tests.support.env import WEBHOOK_SECRET
+from tests.support.procs import (
     RelayProcess,
     RelayProcs,
     register_batch,

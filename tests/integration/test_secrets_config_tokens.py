@@ -20,8 +20,8 @@ from app.errors import Unauthorized
 from app.main import create_app
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
-from tests.conftest import relay_settings
-from tests.integration.helpers_secrets import (
+from tests.support.env import relay_settings
+from tests.support.secrets import (
     API_KEY,
     CLIENT_ID,
     CLIENT_SECRET,
@@ -155,7 +155,7 @@ def test_token_comparison_uses_compare_digest_against_every_token(monkeypatch: p
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(deps.hmac, "compare_digest", spy)
+    monkeypatch.setattr("app.api.deps.hmac.compare_digest", spy)
     tokens = ["tok-SENTINEL-2", "tok-SENTINEL-3", "tok-other-long-token-value"]
     for presented, ok in [
         (f"Bearer {tokens[0]}", True),  # a match on the first token still compares with the rest

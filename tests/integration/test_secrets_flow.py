@@ -21,8 +21,8 @@ from app.main import create_app
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
-from tests.conftest import relay_settings
-from tests.integration.helpers_secrets import (
+from tests.support.env import relay_settings
+from tests.support.secrets import (
     API_KEY,
     CLIENT_ID,
     CLIENT_SECRET,

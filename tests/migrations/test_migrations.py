@@ -80,10 +80,10 @@ def test_status_counts_follow_the_rows(db_url: str) -> None:
                 )
                 await conn.execute(sa.text("UPDATE job SET progress = 5 WHERE video_model_id = 'j1'"))
                 await conn.execute(sa.text("DELETE FROM job WHERE video_model_id = 'j2'"))
-                real = dict(
+                real: dict[str, int] = dict(
                     (await conn.execute(sa.text("SELECT status, count(*) FROM job GROUP BY status"))).all()
                 )
-                kept = dict(
+                kept: dict[str, int] = dict(
                     (
                         await conn.execute(
                             sa.text(

@@ -11,13 +11,13 @@ from app.models import DEFAULT_EVENTS, TERMINAL_STATUSES, JobStatus
 from app.states import (
     ALLOWED,
     NOT_FOUND_ANSWERS,
+    Answered,
     Cancelled,
     Decision,
     Expired,
     JobView,
     NotFound,
     Observation,
-    Answered,
     decide,
 )
 
@@ -86,7 +86,9 @@ def test_a_job_may_jump_from_pending_straight_to_completed() -> None:
     splits = {"original_srt_url": "o", "translated_srt_url": "t", "no_caption_video_url": "n"}
     d = run(view(JobStatus.PENDING), seen(3, video="https://cdn/y.mp4", audio_splits=splits))
     assert d.status == JobStatus.COMPLETED
-    assert d.transitions == [(JobStatus.PENDING, JobStatus.COMPLETED, 100)]  # one step, progress defaults to 100
+    assert d.transitions == [
+        (JobStatus.PENDING, JobStatus.COMPLETED, 100)
+    ]  # one step, progress defaults to 100
     assert d.fields["video_url"] == "https://cdn/y.mp4"
     assert d.fields["audio_splits"] == splits
     assert d.fields["progress"] == 100
@@ -314,7 +316,9 @@ def test_not_found_counts_and_remembers_when_it_started() -> None:
     assert d.transitions == [] and d.events == []
 
     d2 = run(
-        view(JobStatus.PENDING, not_found_count=1, not_found_since=T0), NotFound(), now=T0 + timedelta(seconds=5)
+        view(JobStatus.PENDING, not_found_count=1, not_found_since=T0),
+        NotFound(),
+        now=T0 + timedelta(seconds=5),
     )
     assert d2.fields["not_found_count"] == 2
     assert d2.fields["not_found_since"] == T0  # still the first one

@@ -21,7 +21,7 @@ async def _settle() -> None:
 
 
 async def test_urgent_waiters_go_first_and_each_class_keeps_its_order() -> None:
-    lock, order = WriteLock(), []
+    lock, order = WriteLock(), list[str]()
     await lock.acquire(urgent=False)  # held: everyone below has to queue
     tasks = []
     for name, urgent in (("n1", False), ("u1", True), ("n2", False), ("u2", True)):
@@ -42,7 +42,7 @@ async def test_a_free_lock_is_taken_at_once_and_freed_after_the_last_holder() ->
 
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
-    lock, order = WriteLock(), []
+    lock, order = WriteLock(), list[str]()
     await lock.acquire(urgent=False)
     doomed = asyncio.create_task(_queue_up(lock, order, "doomed", urgent=True))
     await _settle()
@@ -58,7 +58,7 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
 
 
 async def test_a_waiter_cancelled_just_as_it_is_handed_the_lock_passes_it_on() -> None:
-    lock, order = WriteLock(), []
+    lock, order = WriteLock(), list[str]()
     await lock.acquire(urgent=False)
     handed = asyncio.create_task(_queue_up(lock, order, "handed", urgent=True))
     await _settle()
@@ -73,7 +73,7 @@ async def test_a_waiter_cancelled_just_as_it_is_handed_the_lock_passes_it_on() -
 
 
 async def test_a_waiter_cancelled_before_a_release_that_skips_it_still_sees_cancelled_error() -> None:
-    lock, order = WriteLock(), []
+    lock, order = WriteLock(), list[str]()
     await lock.acquire(urgent=False)
     doomed = asyncio.create_task(_queue_up(lock, order, "doomed", urgent=True))
     await _settle()

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from tests.conftest import FAST
+from tests.support.env import FAST, pg_connect
 
 # Variables of the outer environment that must not leak into a relay under test.
 _OWN_PREFIXES = ("RELAY_", "AKOOL_", "DATABASE_URL")
@@ -257,15 +257,7 @@ async def fetch(db_url: str, sql: str) -> list[tuple[Any, ...]]:
                 return [tuple(r) for r in conn.execute(sql).fetchall()]
 
         return await asyncio.to_thread(read)
-    import asyncpg
-
-    conn = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-    )
+    conn = await pg_connect(db_url)
     try:
         return [tuple(r) for r in await conn.fetch(sql)]
     finally:

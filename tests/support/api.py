@@ -11,9 +11,6 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import RunningRelay
-
-HOOK = "http://127.0.0.1:9/hook"  # never called: jobs using it stay pending
 OTHER_HOOK = "http://127.0.0.1:9/other"
 
 JOB_FIELDS = {
@@ -74,14 +71,3 @@ def assert_detail(response: httpx.Response, status: int) -> str:
 
 def is_utc(value: str) -> bool:
     return datetime.fromisoformat(value).utcoffset() == timedelta(0)
-
-
-async def register(
-    r: RunningRelay, video_model_id: str, callback_url: str = HOOK, **extra: Any
-) -> dict[str, Any]:
-    response = await r.client.post(
-        "/jobs", json={"video_model_id": video_model_id, "callback_url": callback_url, **extra}
-    )
-    assert response.status_code == 201, response.text
-    job: dict[str, Any] = response.json()
-    return job

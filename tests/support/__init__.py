@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: databases, relays, receivers and processes. Test modules import only from here."""
