@@ -198,8 +198,10 @@ def apply_decision(
             minimum=settings.poll_interval_min,
             maximum=settings.poll_interval_max,
         )
-        # Never later than the deadline, so a job expires on time.
-        job.next_poll_at = min(now + timedelta(seconds=jittered(job.poll_interval)), job.expires_at)
+        # Jittered, then kept within [MIN, MAX] (SPEC §5), and never later than the deadline, so a
+        # job expires on time.
+        wait = min(settings.poll_interval_max, max(settings.poll_interval_min, jittered(job.poll_interval)))
+        job.next_poll_at = min(now + timedelta(seconds=wait), job.expires_at)
     job.locked_until = None
     job.lease_token = None
     events = [

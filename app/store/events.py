@@ -31,6 +31,7 @@ class ClaimedEvent:
     attempts: int
     token: str
     callback_url: str
+    video_model_id: str
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ async def lease_new(
     for job, e in leased:
         assert e.id is not None, "flushed"
         claimed.append(
-            ClaimedEvent(e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url)
+            ClaimedEvent(
+                e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url, job.video_model_id
+            )
         )
     return Handoff(claimed, waiting)
 
@@ -108,14 +111,16 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
         )
         if not rows:
             return []
-        urls = {
-            job_id: url
-            for job_id, url in await session.execute(
-                sa.select(col(Job.id), col(Job.callback_url)).where(col(Job.id).in_({r.job_id for r in rows}))
+        jobs = {
+            job_id: (url, video_model_id)
+            for job_id, url, video_model_id in await session.execute(
+                sa.select(col(Job.id), col(Job.callback_url), col(Job.video_model_id)).where(
+                    col(Job.id).in_({r.job_id for r in rows})
+                )
             )
         }
     return [
-        ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, urls[r.job_id]) for r in rows
+        ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id]) for r in rows
     ]
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from app.config import Settings
 from app.db import Database
+from app.logs import delivery_fields
 from app.metrics import Metrics
 from app.models import EventState, utcnow
 from app.retry import honour_retry_after, jittered, retry_delay
@@ -94,6 +95,16 @@ class Outbox:
                 delay = honour_retry_after(jittered(delay), result.retry_after)
                 state, next_at, outcome = EventState.RETRYING, now + timedelta(seconds=delay), "failed"
         self.metrics.deliveries.labels(outcome).inc()
+        fields = delivery_fields(item.webhook_id, item.video_model_id)
+        answer = result.status_code if result.status_code is not None else result.error
+        if state == EventState.DEAD:
+            log.warning(
+                "callback %s is dead after attempt %d (%s)", item.webhook_id, attempts, answer, extra=fields
+            )
+        else:
+            log.info(
+                "callback %s attempt %d: %s (%s)", item.webhook_id, attempts, outcome, answer, extra=fields
+            )
         self.metrics.delivery_latency.observe(result.duration_ms / 1000)
         # Written at once, not group-committed: a result queued behind other writers could outlive
         # the event's lease, and another replica would send the callback again (seen on PostgreSQL).
@@ -102,6 +113,6 @@ class Outbox:
             lambda session: events.record_attempt(session, item, result, state, next_at, now), urgent=True
         )
         if not kept:
-            log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id)
+            log.warning("event %s: lease lost before the attempt was recorded", item.webhook_id, extra=fields)
         elif next_at is None:
             self.pump.wake()  # settled (delivered or dead): the job's next event may be waiting on it

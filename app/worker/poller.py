@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.akool import PAUSING, AkoolClient, AnswerKind, PollResult
 from app.config import Settings
 from app.db import Database
+from app.logs import job_fields
 from app.metrics import Metrics
 from app.models import TERMINAL_STATUSES, Event, Job, JobStatus, utcnow
 from app.states import Answered, Decision, Expired, JobView, NotFound, Observation, apply_decision, decide
@@ -33,9 +34,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PollBatchWritten:
-    """What a poll transaction did: the statuses it moved jobs to, the events it leased."""
+    """What a poll transaction did: the state changes it made, the events it leased."""
 
-    statuses: list[JobStatus]
+    changes: list[tuple[str, JobStatus, JobStatus]]  # video_model_id, from, to
     handoff: Handoff
 
 
@@ -115,7 +116,7 @@ class Poller:
             return
         await self.limiter.acquire()
         result = await self.akool.fetch(item.video_model_id)
-        self._note(result)
+        self._note(item, result)
         observation: Observation | None = None
         if result.kind == AnswerKind.OK and result.data is not None:
             observation = Answered(result.data)
@@ -123,19 +124,30 @@ class Poller:
             observation = NotFound()
         await self.apply(item, observation, result)
 
-    def _note(self, result: PollResult) -> None:
+    def _note(self, item: ClaimedJob, result: PollResult) -> None:
         """React to what the answer says about Akool as a whole, at once (not at the next tick)."""
+        fields = job_fields(item.video_model_id)
+        log.log(
+            logging.DEBUG if result.kind in ANSWERED else logging.INFO,
+            "poll of %s: %s%s",
+            item.video_model_id,
+            result.kind.value,
+            f" ({result.detail})" if result.detail else "",
+            extra=fields,
+        )
         self._results.append(result)
         self.metrics.polls.labels(result.kind.value).inc()
         self.metrics.upstream_latency.observe(result.latency)
         if result.kind == AnswerKind.THROTTLED:
             self.limiter.slow_down()
         if result.kind in PAUSING and not self.health.paused:
-            log.warning("Akool refused our account (%s): polling paused until it accepts", result.detail)
+            log.warning(
+                "Akool refused our account (%s): polling paused until it accepts", result.detail, extra=fields
+            )
             self.health.paused = True
             self._probe_after = time.monotonic() + self.settings.poll_interval_min
         elif result.kind in ANSWERED and self.health.paused:
-            log.info("Akool accepts our requests again: polling resumed")
+            log.info("Akool accepts our requests again: polling resumed", extra=fields)
             self.health.paused = False
 
     async def apply(
@@ -153,7 +165,7 @@ class Poller:
         jobs = await polls.lock_jobs(session, (outcome.item.id for outcome in batch))
         now = utcnow()
         created: list[tuple[Job, list[Event]]] = []
-        statuses: list[JobStatus] = []
+        changes: list[tuple[str, JobStatus, JobStatus]] = []
         for outcome in batch:
             job = jobs.get(outcome.item.id)
             if job is None or job.lease_token != outcome.item.token or job.status in TERMINAL_STATUSES:
@@ -173,16 +185,19 @@ class Poller:
             new_events = apply_decision(
                 session, job, decision, now, self.settings, polled=outcome.result is not None
             )
-            statuses.extend(to_status for _, to_status, _ in decision.transitions)
+            changes.extend((job.video_model_id, old, new) for old, new, _ in decision.transitions)
             if new_events:
                 created.append((job, new_events))
         handoff = await events.lease_new(
             session, created, room=self.outbox.free_slots(), lease_seconds=self.outbox.lease_seconds
         )
-        return PollBatchWritten(statuses, handoff)
+        return PollBatchWritten(changes, handoff)
 
     def _committed(self, written: PollBatchWritten) -> None:
-        # Counted after the commit: a transaction PostgreSQL aborts runs again (Database.run).
-        for status in written.statuses:
-            self.metrics.transitions.labels(status.value).inc()
+        # Counted and logged after the commit: a transaction PostgreSQL aborts runs again (Database.run).
+        for video_model_id, old, new in written.changes:
+            self.metrics.transitions.labels(new.value).inc()
+            log.info(
+                "job %s: %s → %s", video_model_id, old.value, new.value, extra=job_fields(video_model_id)
+            )
         self.outbox.hand_over(written.handoff)
