@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.logs import TEXT_FORMAT, JsonFormatter
 from app.main import create_app
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.serving import serve_in_background
@@ -62,9 +63,13 @@ class Transcript:
         )
 
     def add_logs(self, caplog: pytest.LogCaptureFixture) -> None:
-        """The captured log: its text, and each record with its arguments and extra fields."""
+        """The captured log: its text, and each record with its arguments and extra fields, and as
+        each RELAY_LOG_FORMAT writes it (text and JSON)."""
         self.add("caplog.text", caplog.text)
+        formats = {"text": logging.Formatter(TEXT_FORMAT), "json": JsonFormatter()}
         for record in caplog.records:
+            for name, formatter in formats.items():
+                self.add(f"log line ({name}) {record.name}", formatter.format(record))
             extra = {k: v for k, v in vars(record).items() if k not in ("msg", "args", "exc_info")}
             self.add(f"log record {record.name}", f"{record.getMessage()} {record.args!r} {extra!r}")
 
