@@ -29,10 +29,15 @@ def _sizes(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
 
 
-def _rates(text: str) -> list[float]:
-    rates = [float(part) for part in text.split(",") if part.strip()]
-    if not rates or any(r < 0 for r in rates):
-        raise argparse.ArgumentTypeError("expected rates ≥ 0, e.g. 100,0")
+def _rates(text: str) -> list[str]:
+    """Each a rate (polls/s, 0 = no limit) or a share of the measured capacity (`50%`)."""
+    rates = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [float(r.removesuffix("%")) for r in rates]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected rates ≥ 0 or shares like 50%, e.g. 50%,0") from None
+    if not rates or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("expected rates ≥ 0 or shares like 50%, e.g. 50%,0")
     return rates
 
 
@@ -83,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-rates",
         type=_rates,
-        default=[100.0, 0.0],
-        help="RELAY_AKOOL_RATE_LIMIT per run, comma-separated; the first is held to the target; 0: no limit",
+        default=["50%", "0"],
+        help="RELAY_AKOOL_RATE_LIMIT per run, comma-separated: polls/s, or a share of the poll capacity "
+        "measured in the same run (`50%%`; measured first if `poll` is not in --only); the first is "
+        "held to the target; 0: no limit",
     )
     p.add_argument("--latency-timeout", type=float, default=180.0, help="give up waiting for callbacks after")
     p.add_argument(
@@ -134,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"[{name}] FAILED: {type(exc).__name__}: {exc}")
             else:
                 results[name]["wall_time_s"] = round(time.monotonic() - t0, 1)
+                if name == "poll":  # the capacity the latency run's load is a share of
+                    opts.measured_capacity = results[name]["relay"]["polls_per_s"]
     finally:
         dbs.cleanup(keep_logs=bool(failed))
         if failed:

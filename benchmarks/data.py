@@ -120,9 +120,9 @@ async def insert_jobs(
     from sqlmodel import col
 
     from app.db import Database
-    from app.store.jobs import new_job_row
     from app.models import Event, Job
     from app.schemas import JobCreate
+    from app.store.jobs import new_job_row
 
     started = time.perf_counter()
     settings = _settings(url, RELAY_JOB_TIMEOUT=job_timeout)

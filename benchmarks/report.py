@@ -213,4 +213,9 @@ def write(results: dict[str, Any], out: Path) -> Path:
 def _load(lat: dict[str, Any]) -> str:
     """How busy the relay was made during a latency run."""
     rate = lat.get("rate_limit")
-    return f"rate limit {rate:g}/s" if rate else "no rate limit (overload)"
+    if not rate:
+        return "no rate limit (overload)"
+    share, capacity = lat.get("load_share"), lat.get("capacity_polls_per_s")
+    if share and capacity:
+        return f"rate limit {rate:g}/s = {share:.0%} of the {capacity:g} polls/s measured"
+    return f"rate limit {rate:g}/s"
