@@ -102,7 +102,7 @@ class AkoolClient:
 
     @property
     def uses_token(self) -> bool:
-        return self._settings.akool_client_id is not None
+        return self._settings.uses_token
 
     async def _headers(self) -> dict[str, str]:
         if self.uses_token:

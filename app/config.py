@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     akool_client_id: str | None = Field(default=None, alias="AKOOL_CLIENT_ID")
     akool_client_secret: SecretStr | None = Field(default=None, alias="AKOOL_CLIENT_SECRET")
     akool_base_url: str = Field(default="https://openapi.akool.com", alias="AKOOL_BASE_URL")
+    # The relay as Akool reaches it; jobs created through the relay get RELAY_PUBLIC_URL/akool/webhook.
+    public_url: str | None = Field(default=None, alias="RELAY_PUBLIC_URL")
 
     database_url: str = Field(
         default="sqlite:///./akool-relay.db", alias="DATABASE_URL", repr=False
@@ -68,6 +70,11 @@ class Settings(BaseSettings):
     # How often the loops tick. The database says what is due; the tick only asks.
     tick_interval: PositiveSeconds = Field(default=1.0, alias="RELAY_TICK_INTERVAL")
     lease_seconds: PositiveSeconds = Field(default=60.0, alias="RELAY_LEASE_SECONDS")
+    # Finished jobs with every delivery settled are deleted this long after they finished (with their
+    # transitions, events and attempts); 0 keeps everything. Days, fractions allowed (tests use 1e-5).
+    retention_days: float = Field(
+        default=90.0, ge=0, le=36500, allow_inf_nan=False, alias="RELAY_RETENTION_DAYS"
+    )
     # text: "time LEVEL logger: message"; json: one object per line (app.logs).
     log_format: Literal["text", "json"] = Field(default="text", alias="RELAY_LOG_FORMAT")
 
@@ -100,9 +107,11 @@ class Settings(BaseSettings):
             raise ValueError("delays must be >= 0 seconds")
         return value
 
-    @field_validator("akool_base_url")
+    @field_validator("akool_base_url", "public_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
@@ -125,9 +134,25 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.poll_interval_max < self.poll_interval_min:
             raise ValueError("RELAY_POLL_INTERVAL_MAX must be >= RELAY_POLL_INTERVAL_MIN")
-        if bool(self.akool_client_id) != bool(self.akool_client_secret):
-            raise ValueError("AKOOL_CLIENT_ID and AKOOL_CLIENT_SECRET go together")
+        if self.akool_client_secret and not self.akool_client_id:
+            raise ValueError("AKOOL_CLIENT_SECRET needs AKOOL_CLIENT_ID")
+        if self.akool_client_id and not (self.akool_client_secret or self.akool_api_key):
+            # Beside AKOOL_API_KEY alone it only serves pushes: the key *is* the client secret.
+            raise ValueError("AKOOL_CLIENT_ID needs AKOOL_CLIENT_SECRET (token auth) or AKOOL_API_KEY")
         return self
+
+    @property
+    def uses_token(self) -> bool:
+        """getToken with the client id and secret; else the API key goes as x-api-key."""
+        return self.akool_client_secret is not None
+
+    @property
+    def push_credentials(self) -> tuple[str, str] | None:
+        """(client id, client secret) that Akool's pushes are signed and encrypted with, when known."""
+        secret = self.akool_client_secret or self.akool_api_key
+        if self.akool_client_id is None or secret is None:
+            return None
+        return self.akool_client_id, secret.get_secret_value()
 
     @property
     def is_sqlite(self) -> bool:

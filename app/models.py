@@ -78,6 +78,13 @@ class Job(SQLModel, table=True):
             postgresql_where=sa.text("next_poll_at IS NOT NULL"),
             sqlite_where=sa.text("next_poll_at IS NOT NULL"),
         ),
+        # The jobs a push made due, claimed before the others: a scan of a few rows.
+        sa.Index(
+            "ix_job_push_due_next_poll_at",
+            "next_poll_at",
+            postgresql_where=sa.text("push_due"),
+            sqlite_where=sa.text("push_due"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -111,6 +118,17 @@ class Job(SQLModel, table=True):
 
     delivery: str = Field(default="none", max_length=16, nullable=False)  # state of the latest event
 
+    # Akool's pushes (a hint, never a fact: only a poll changes the status).
+    push_count: int = Field(default=0, nullable=False, sa_column_kwargs={"server_default": "0"})
+    last_pushed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A push made the job due: its next poll goes first, and what it finds says `via: push`.
+    push_due: bool = Field(default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()})
+    push_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # when a push last did
+    # An ending push (status 3 or 4) already made it due: a second one is limited like the others.
+    ending_push_seen: bool = Field(
+        default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()}
+    )
+
 
 class Transition(SQLModel, table=True):
     __tablename__ = "transition"
@@ -121,6 +139,9 @@ class Transition(SQLModel, table=True):
     to_status: str = Field(max_length=16, nullable=False)
     at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     progress: int | None = None
+    via: str = Field(
+        default="poll", max_length=8, nullable=False, sa_column_kwargs={"server_default": "poll"}
+    )  # what taught us: poll, push (a poll a push asked for), clock (expired), client (cancelled)
 
 
 class Event(SQLModel, table=True):
@@ -147,6 +168,7 @@ class Event(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_token: str | None = Field(default=None, max_length=32)
+    pushed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # the push it follows from
 
 
 class Attempt(SQLModel, table=True):
@@ -197,6 +219,20 @@ class KeptValue(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=64)
     value: str = Field(sa_type=sa.Text, nullable=False)
+
+
+class AkoolCreate(SQLModel, table=True):
+    """One `POST /translations` per Idempotency-Key, written before Akool is asked (never twice)."""
+
+    __tablename__ = "akool_create"
+
+    key: str = Field(primary_key=True, max_length=128)
+    request_hash: str = Field(max_length=64, nullable=False)  # SHA-256 of the canonical request body
+    state: str = Field(max_length=16, nullable=False)  # in_progress, done (response kept), failed
+    status_code: int | None = None  # of the kept answer
+    response: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
 def utcnow() -> datetime:
