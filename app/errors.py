@@ -36,9 +36,23 @@ class Unauthorized(RelayError):
     default_detail = "missing or invalid bearer token"
 
 
-class PayloadTooLarge(RelayError):
-    status_code = 413
-    default_detail = "request body too large"
+class PushNotAccepted(RelayError):
+    """Akool's push cannot be checked: no AKOOL_CLIENT_ID and client secret are configured."""
+
+    status_code = 404
+    default_detail = "Not Found"
+
+
+class MalformedPush(RelayError):
+    """Not Akool's envelope, or it does not decrypt: one answer for every cause (no padding oracle)."""
+
+    status_code = 400
+    default_detail = "not a valid Akool push"
+
+
+class PushSignatureMismatch(RelayError):
+    status_code = 401
+    default_detail = "bad signature"
 
 
 def field_error(field: str, message: str, value: object) -> RequestValidationError:
@@ -51,5 +65,5 @@ def field_error(field: str, message: str, value: object) -> RequestValidationErr
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RelayError)
     async def _relay_error(_request: Request, exc: RelayError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.bodylimit import BodyLimitMiddleware
-from app.api.routes import health, jobs
+from app.api.routes import akool, health, jobs
 from app.config import Settings, load_settings
 from app.db import Database
 from app.errors import install_error_handlers
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, *, driven: bool = False) -> Fas
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(akool.router)
     return app
 
 

@@ -30,3 +30,15 @@ class Metrics:
             registry=r,
         )
         self.transitions = Counter("akool_relay_transitions_total", "Job state changes", ["to"], registry=r)
+        self.pushes = Counter(
+            "akool_relay_pushes_total",
+            "Akool pushes received, by outcome (verified, bad_signature, undecryptable, unknown_id)",
+            ["outcome"],
+            registry=r,
+        )
+        self.push_callback_latency = Histogram(
+            "akool_relay_push_to_callback_seconds",
+            "From Akool's push to the callback it led to being delivered",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )

@@ -18,12 +18,18 @@ from prometheus_client import generate_latest
 
 from app import __version__
 from app.akool import AkoolClient
+from app.akool_push import PushConfigError, PushKeys, PushNotice
 from app.config import Settings
 from app.db import Database
 from app.metrics import Metrics
+from app.models import utcnow
 from app.netguard import guarded_transport
-from app.store import jobs
+from app.store import jobs, pushes
+from app.store.pushes import PushEffect
+from app.store.retention import Deleted
 from app.webhooks import WebhookSender
+from app.worker.housekeeping import INTERVAL as HOUSEKEEPING_INTERVAL
+from app.worker.housekeeping import Housekeeper
 from app.worker.outbox import Outbox
 from app.worker.poller import Poller
 
@@ -31,6 +37,19 @@ log = logging.getLogger(__name__)
 
 AKOOL_POOL_SIZE = 8  # connections per Akool client (see AkoolClient)
 SHUTDOWN_GRACE = 10.0  # seconds in-flight polls and deliveries get to finish on SIGTERM
+ENDING_STATUSES = frozenset({3, 4})  # Akool's video_status for completed and failed
+
+
+def _push_keys(settings: Settings) -> PushKeys | None:
+    """The keys Akool's pushes are checked with, when AKOOL_CLIENT_ID and a usable secret are set."""
+    credentials = settings.push_credentials
+    if credentials is None:
+        return None
+    try:
+        return PushKeys.of(*credentials)
+    except PushConfigError as exc:  # polling works without pushes: say why they are refused
+        log.warning("Akool pushes are refused (404): %s", exc)
+        return None
 
 
 def _keep_alive(connections: int) -> httpx.Limits:
@@ -45,6 +64,7 @@ class Runtime:
         `deliver_due()` for each step."""
         self.settings = settings
         self.driven = driven
+        self.push_keys = _push_keys(settings)
         self.db = db
         self.metrics = Metrics()
         # Every connection kept alive, both ways: above httpx's default of 20 idle ones, each request
@@ -75,6 +95,7 @@ class Runtime:
         )
         akool = AkoolClient(settings, self.akool_http)
         self.poller = Poller(settings, db, akool, self.metrics, self.outbox, driven=driven)
+        self.housekeeper = Housekeeper(settings, db)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._ticks_running = 0
         self._ticks_idle = asyncio.Event()
@@ -86,8 +107,12 @@ class Runtime:
         # A tick that finds the previous one still running is skipped by design (max_instances=1);
         # APScheduler would log each skip as a warning.
         logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
-        interval = self.settings.tick_interval
-        for name, func in (("poll", self.poller.tick), ("deliver", self.outbox.pump.fill)):
+        tick = self.settings.tick_interval
+        for name, func, interval in (
+            ("poll", self.poller.tick, tick),
+            ("deliver", self.outbox.pump.fill, tick),
+            ("housekeeping", self.housekeeper.tick, HOUSEKEEPING_INTERVAL),
+        ):
             self.scheduler.add_job(
                 self._counted(func),
                 "interval",
@@ -126,6 +151,19 @@ class Runtime:
         """Events were queued (a redelivery, or undelivered ones at start): send them now."""
         self.outbox.pump.wake()
 
+    async def push_received(self, notice: PushNotice) -> None:
+        """A verified push from Akool: count it, and make its job due now when the rules let it."""
+        effect = await pushes.note_push(
+            self.db,
+            notice.video_model_id,
+            ending=notice.status in ENDING_STATUSES,
+            now=utcnow(),
+            min_interval=self.settings.poll_interval_min,
+        )
+        self.metrics.pushes.labels("unknown_id" if effect is PushEffect.UNKNOWN else "verified").inc()
+        if effect is PushEffect.MADE_DUE:
+            self.poller.pump.wake()
+
     async def poll_due_jobs(self) -> int:
         """Run-once: share health, claim one batch of due jobs, poll each and write the results."""
         return await self.poller.poll_due_jobs()
@@ -133,6 +171,10 @@ class Runtime:
     async def deliver_due(self) -> int:
         """Run-once: claim one batch of due events, send each and record the attempts."""
         return await self.outbox.deliver_due()
+
+    async def prune(self) -> Deleted:
+        """Run-once: one housekeeping pass (what RELAY_RETENTION_DAYS lets go); returns what it deleted."""
+        return await self.housekeeper.prune()
 
     async def readiness(self) -> tuple[list[str], str]:
         """Why the service is not ready (empty when it is), and the upstream's state."""
@@ -163,6 +205,7 @@ class Runtime:
             self.scheduler.pause()
         self.poller.pump.stop_claiming()
         self.outbox.pump.stop_claiming()
+        self.housekeeper.stop()
 
     async def stop(self) -> None:
         """Stop ticking, let in-flight work finish (bounded), release what did not, close clients."""

@@ -173,9 +173,20 @@ def new_webhook_id() -> str:
 
 
 def apply_decision(
-    session: AsyncSession, job: Job, decision: Decision, now: datetime, settings: Settings, *, polled: bool
+    session: AsyncSession,
+    job: Job,
+    decision: Decision,
+    now: datetime,
+    settings: Settings,
+    *,
+    polled: bool,
+    via: str,
+    pushed_at: datetime | None = None,
 ) -> list[Event]:
-    """Apply `decision` to `job` (loaded in `session`); returns the new outbox events, oldest first."""
+    """Apply `decision` to `job` (loaded in `session`); returns the new outbox events, oldest first.
+
+    `via`: what taught us (poll, push, clock, client), kept on each transition; `pushed_at`: the push
+    a poll was made for (its events remember it, for the push → callback latency)."""
     assert job.id is not None, "the job row is loaded from the database"
     for key, value in decision.fields.items():
         setattr(job, key, value)
@@ -186,15 +197,24 @@ def apply_decision(
         job.updated_at = now
     for from_status, to_status, progress in decision.transitions:
         session.add(
-            Transition(job_id=job.id, from_status=from_status, to_status=to_status, at=now, progress=progress)
+            Transition(
+                job_id=job.id,
+                from_status=from_status,
+                to_status=to_status,
+                at=now,
+                progress=progress,
+                via=via,
+            )
         )
     if decision.terminal:
         job.finished_at = now
         job.next_poll_at = None
+        job.push_due = False
     else:
         job.poll_interval = next_poll_interval(
             job.poll_interval,
-            changed=decision.changed,
+            # A poll a push asked for that found the job unfinished: the next one at the minimum.
+            changed=decision.changed or via == "push",
             minimum=settings.poll_interval_min,
             maximum=settings.poll_interval_max,
         )
@@ -212,6 +232,7 @@ def apply_decision(
             body=callback_body(job, name, now),
             created_at=now,
             next_attempt_at=now,
+            pushed_at=pushed_at,
         )
         for name in decision.events
     ]

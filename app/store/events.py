@@ -32,6 +32,7 @@ class ClaimedEvent:
     token: str
     callback_url: str
     video_model_id: str
+    pushed_at: datetime | None = None  # the push this callback follows from
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,15 @@ async def lease_new(
         assert e.id is not None, "flushed"
         claimed.append(
             ClaimedEvent(
-                e.id, e.job_id, e.webhook_id, e.body, e.attempts, token, job.callback_url, job.video_model_id
+                e.id,
+                e.job_id,
+                e.webhook_id,
+                e.body,
+                e.attempts,
+                token,
+                job.callback_url,
+                job.video_model_id,
+                e.pushed_at,
             )
         )
     return Handoff(claimed, waiting)
@@ -104,7 +113,7 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
         .order_by(col(Event.next_attempt_at))
         .limit(n)
     )
-    returning = [Event.id, Event.job_id, Event.webhook_id, Event.body, Event.attempts]
+    returning = [Event.id, Event.job_id, Event.webhook_id, Event.body, Event.attempts, Event.pushed_at]
     async with db.write() as session:
         token, rows = await leases.claim(
             session, Event, due, now=now, lease_seconds=lease_seconds, returning=returning
@@ -120,7 +129,8 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
             )
         }
     return [
-        ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id]) for r in rows
+        ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id], r.pushed_at)
+        for r in rows
     ]
 
 

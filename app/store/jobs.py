@@ -156,7 +156,9 @@ async def detail(db: Database, video_model_id: str) -> JobDetail:
     return JobDetail(
         **JobPublic.model_validate(job).model_dump(),
         transitions=[
-            TransitionPublic(from_status=t.from_status, to_status=t.to_status, at=t.at, progress=t.progress)
+            TransitionPublic(
+                from_status=t.from_status, to_status=t.to_status, at=t.at, progress=t.progress, via=t.via
+            )
             for t in transitions
         ],
         deliveries=[
@@ -195,7 +197,7 @@ async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
         now = utcnow()
         decision = decide(view, Cancelled(), now, settings.not_found_grace)
         if decision.transitions:
-            apply_decision(session, job, decision, now, settings, polled=False)
+            apply_decision(session, job, decision, now, settings, polled=False, via="client")
 
 
 async def redeliver(db: Database, video_model_id: str) -> Event:

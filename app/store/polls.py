@@ -21,12 +21,13 @@ class ClaimedJob:
     video_model_id: str
     expires_at: datetime
     token: str
+    claimed_at: datetime
 
 
 async def claim_due(
     db: Database, n: int, now: datetime, lease_seconds: float, *, expiring_only: bool, probe: bool
 ) -> list[ClaimedJob]:
-    """Lease up to `n` due jobs, earliest due first.
+    """Lease up to `n` due jobs: those a push made due first, then the earliest due.
 
     `expiring_only`: only jobs past their deadline (polling is paused, but jobs still expire on time);
     `probe`: one more due job besides, whose poll finds out whether Akool accepts us again.
@@ -39,15 +40,24 @@ async def claim_due(
         if probe:
             batches.append(due.order_by(earliest).limit(1))
     else:
+        # Two index scans, not one sort: the pushed jobs (a partial index of a few rows), then the rest.
+        batches.append(due.where(col(Job.push_due)).order_by(earliest).limit(n))
         batches.append(due.order_by(earliest).limit(n))
     claimed: list[ClaimedJob] = []
     returning = [Job.id, Job.video_model_id, Job.expires_at]
     async with db.write() as session:
         for batch in batches:
+            if len(claimed) >= n:
+                break
             token, rows = await leases.claim(
-                session, Job, batch, now=now, lease_seconds=lease_seconds, returning=returning
+                session,
+                Job,
+                batch.limit(n - len(claimed)),
+                now=now,
+                lease_seconds=lease_seconds,
+                returning=returning,
             )
-            claimed.extend(ClaimedJob(r.id, r.video_model_id, r.expires_at, token) for r in rows)
+            claimed.extend(ClaimedJob(r.id, r.video_model_id, r.expires_at, token, now) for r in rows)
     return claimed
 
 

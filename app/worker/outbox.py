@@ -97,6 +97,8 @@ class Outbox:
         self.metrics.deliveries.labels(outcome).inc()
         fields = delivery_fields(item.webhook_id, item.video_model_id)
         answer = result.status_code if result.status_code is not None else result.error
+        if result.ok and item.pushed_at is not None:
+            self.metrics.push_callback_latency.observe((now - item.pushed_at).total_seconds())
         if state == EventState.DEAD:
             log.warning(
                 "callback %s is dead after attempt %d (%s)", item.webhook_id, attempts, answer, extra=fields

@@ -9,6 +9,7 @@ events are leased in that transaction and handed straight to the outbox after th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from app.worker.pump import Pump
 from app.worker.upstream import ANSWERED, HealthTracker, RateLimiter
 
 log = logging.getLogger(__name__)
+
+CLAIM_HORIZON = 0.1  # seconds of request slots a claim takes at most
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,9 @@ class Poller:
         await self.health.refresh()
 
     async def claim(self, n: int) -> list[ClaimedJob]:
-        # Claim no more than the rate limiter lets out within a quarter of a lease: a claimed job
-        # waiting for its request slot must never outlive its lease (another replica would take it).
-        n = min(n, max(1, int(self.limiter.rate * self.settings.lease_seconds / 4)))
+        # Claim no more than the rate limiter lets out in the next moment: a claimed job waits in
+        # memory for its request slot, and one a push makes due must not queue behind many such.
+        n = min(n, max(1, math.ceil(self.limiter.rate * CLAIM_HORIZON)))
         probe = False
         if self.health.paused and time.monotonic() >= self._probe_after:
             # Akool refuses our credentials: poll nothing but one probe per interval, to notice
@@ -182,9 +185,25 @@ class Poller:
                 if outcome.observation is not None
                 else Decision(status=view.status)
             )
-            new_events = apply_decision(
-                session, job, decision, now, self.settings, polled=outcome.result is not None
+            # A push that came while this poll was in flight still wants a poll of its own.
+            pushed = (
+                job.push_due and job.push_due_at is not None and job.push_due_at <= outcome.item.claimed_at
             )
+            via = "clock" if isinstance(outcome.observation, Expired) else "push" if pushed else "poll"
+            new_events = apply_decision(
+                session,
+                job,
+                decision,
+                now,
+                self.settings,
+                polled=outcome.result is not None,
+                via=via,
+                pushed_at=job.last_pushed_at if pushed else None,
+            )
+            if pushed:
+                job.push_due = False
+            elif job.push_due and job.next_poll_at is not None:
+                job.next_poll_at = now
             changes.extend((job.video_model_id, old, new) for old, new, _ in decision.transitions)
             if new_events:
                 created.append((job, new_events))
