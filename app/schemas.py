@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+)
 
-from app.models import DEFAULT_EVENTS, Job
+from app.models import DEFAULT_EVENTS, Job, JobStatus
 
 VideoModelId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 EventName = Literal["queueing", "processing", "progress", "completed", "failed", "expired"]
 METADATA_MAX_BYTES = 16 * 1024
+VIDEO_URL_LIFETIME = timedelta(days=7)  # how long Akool keeps a finished video's URL (SPEC §3)
 
 
 def _check_url(value: str) -> str:
@@ -85,6 +94,16 @@ class JobPublic(BaseModel):
     next_poll_at: datetime | None = None
     poll_count: int
     delivery: str
+    push_count: int = 0
+    last_pushed_at: datetime | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def video_url_expires_at(self) -> datetime | None:
+        """When `video_url` stops working: 7 days after completion; None without a URL."""
+        if self.status != JobStatus.COMPLETED or not self.video_url or self.finished_at is None:
+            return None
+        return self.finished_at + VIDEO_URL_LIFETIME
 
 
 class TransitionPublic(BaseModel):
@@ -92,6 +111,7 @@ class TransitionPublic(BaseModel):
     to_status: str = Field(serialization_alias="to")
     at: datetime
     progress: int | None
+    via: str
 
 
 class AttemptPublic(BaseModel):
