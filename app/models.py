@@ -201,6 +201,8 @@ class StatusCount(SQLModel, table=True):
 
     The dashboard sums these few rows instead of counting 10^5 jobs; the triggers (migration 0002)
     change them in the same transaction as the row they count, so they never drift.
+    Needed by: GET /jobs p99 ≤ 50 ms at 100,000 jobs (`make bench`); the shards (one per transaction,
+    migration 0003) by the 3-replica test, whose registrations deadlocked on one counter row each.
     """
 
     __tablename__ = "status_count"

@@ -3,7 +3,8 @@
 An event is the outbox row written with the state change; each attempt adds an attempt row
 (SQL in store/events.py). New events need not wait for a claim: the poll transaction leases them
 (`store.events.lease_new`, up to `free_slots()`) and `hand_over()` starts them once it commits, so a
-callback goes out without a second turn of the write lock.
+callback goes out without a second turn of the write lock. Needed by: `make bench`'s callback latency
+(p50 ≤ 20 ms): a claim after the commit left a 94 ms p50 gap between the state change and the send.
 """
 
 from __future__ import annotations
