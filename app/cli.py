@@ -31,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--queue-seconds", type=float, default=2.0)
     sim.add_argument("--process-seconds", type=float, default=8.0)
     sim.add_argument("--api-key", default=None, help="require this x-api-key")
+    sim.add_argument(
+        "--client-id", default=None, help="getToken client id; also the IV of the pushes (Akool's webhook)"
+    )
+    sim.add_argument(
+        "--client-secret",
+        default=None,
+        help="getToken client secret; pushes are encrypted with it (or with --api-key) when it is 16/24/32 bytes",
+    )
     sub.add_parser("webhook-secret", help="print the secret callbacks are signed with")
     return parser
 
@@ -112,7 +120,11 @@ def _simulator(args: argparse.Namespace) -> int:
     from app.sandbox.simulator import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(
-        queue_seconds=args.queue_seconds, process_seconds=args.process_seconds, api_key=args.api_key
+        queue_seconds=args.queue_seconds,
+        process_seconds=args.process_seconds,
+        api_key=args.api_key,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
     )
     print(f"Akool simulator on http://{args.host}:{args.port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

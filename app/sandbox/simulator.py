@@ -1,9 +1,11 @@
 """A stand-in for Akool's open API, used by the tests, the demo and the benchmarks.
 
-It answers `infobymodelid` and `getToken` like Akool does (SPEC §1), plays each id through a
-timed lifecycle (queueing → processing → completed / failed) starting the first time the id is asked
-about, injects faults on demand, and records what the relay did to it: every request, overlapping
-requests for one id (the relay must never make any), and when each id's outcome was first shown.
+It answers `infobymodelid`, `getToken` and `createbytranslate` like Akool does (SPEC §1), plays each
+id through a timed lifecycle (queueing → processing → completed / failed) starting the first time the
+id is asked about (or when it was created), pushes Akool's webhook on status 2, 3 and 4 to the ids
+that asked for it (app.sandbox.pusher), injects faults on demand, and records what the relay did to
+it: every request and every create, overlapping requests for one id (the relay must never make any),
+and when each id's outcome was first shown.
 
 Outcome by id prefix: `fail…` fails, `unknown…` / `missing…` never exist (code 1008), anything else
 completes; `script()` overrides one id. Everything the Python API drives can also be driven over HTTP
@@ -20,7 +22,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -30,8 +32,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 
+from app.sandbox.pusher import RETRY_DELAYS, Pusher, push_credentials, push_routes
+
 INFO_PATH = "/api/open/v3/content/video/infobymodelid"
 TOKEN_PATH = "/api/open/v3/getToken"
+CREATE_PATH = "/api/open/v3/content/video/createbytranslate"
 MEDIA_BASE = "https://sim.akool.local"
 CLIENT_CLOSED = 499  # http_status recorded when the client hung up before the answer
 
@@ -39,6 +44,7 @@ Outcome = Literal["completed", "failed", "unknown"]
 
 MESSAGES = {
     1000: "OK",
+    1003: "Parameter error or Parameter can not be empty",
     1005: "Operation is too frequent",
     1008: "The content you get does not exist.",
     1101: "Invalid authorization or the request token has expired",
@@ -46,6 +52,7 @@ MESSAGES = {
 }
 FAILED_ERROR_CODE = 100203
 FAILED_REASON = "Video translation failed: no speech was detected in the source video"
+LANGUAGE_FAILED = (1015, "Create video error, please try again later")
 
 
 @dataclass
@@ -54,8 +61,9 @@ class SimulatorConfig:
     process_seconds: float = 3.0  # time in status 2, progress rising linearly 0..100
     api_key: str | None = None  # when set, x-api-key must equal it (else code 1101)
     client_id: str | None = None  # getToken credentials; when set, issued Bearer tokens are accepted
-    client_secret: str | None = None
+    client_secret: str | None = None  # pushes are encrypted with it, else with api_key (16/24/32 bytes)
     latency: float = 0.0  # seconds added to every answer
+    push_retry_delays: tuple[float, ...] = RETRY_DELAYS  # before each retry of a push not answered 200
 
 
 @dataclass(slots=True)
@@ -65,6 +73,14 @@ class RequestRecord:
     ended: float
     code: int | None  # business code, None when the answer was not the envelope
     http_status: int
+
+
+@dataclass(slots=True)
+class CreateRecord:
+    at: float  # time.time() when the request came
+    body: Any  # the JSON body as sent (None when it was not JSON)
+    code: int  # business code answered
+    ids: list[str]  # the ids it made, one per language that did not fail
 
 
 @dataclass(slots=True)
@@ -90,6 +106,15 @@ class FaultsBody(BaseModel):
     auth_failing: bool | None = None  # None leaves the current value
     slow_seconds: float | None = Field(None, ge=0)
     latency: float | None = Field(None, ge=0)
+
+
+class CreateFaults(BaseModel):
+    error_code: int | None = None  # every create answers this business code, making nothing
+    error_msg: str | None = None
+    fail_languages: list[str] = Field(default_factory=list)  # their all_results entries fail (no id)
+    fail_code: int = LANGUAGE_FAILED[0]
+    fail_msg: str = LANGUAGE_FAILED[1]
+    delay: float = Field(default=0.0, ge=0)  # seconds between making the jobs and answering
 
 
 class ScriptBody(BaseModel):
@@ -132,6 +157,15 @@ class Simulator:
         self._scripts: dict[str, _Script] = {}
         self._first_seen: dict[str, tuple[float, int]] = {}  # id -> (monotonic, epoch ms)
         self._in_flight: dict[str, int] = {}
+        self.creates: list[CreateRecord] = []
+        self.create_faults = CreateFaults()
+        self._created: dict[str, str] = {}  # id made by createbytranslate -> its language
+        self.pusher = Pusher(
+            self._push_status,
+            lambda: push_credentials(self.config.client_id, self.config.client_secret, self.config.api_key),
+            _result_url,
+            retry_delays=self.config.push_retry_delays,
+        )
         self.app = self._build_app()
 
     # -- driving ---------------------------------------------------------------------------------
@@ -159,11 +193,32 @@ class Simulator:
             raise ValueError(f"outcome must be completed, failed or unknown, not {outcome!r}")
         self._scripts[video_model_id] = _Script(cast(Outcome, outcome), queue_seconds, process_seconds)
 
+    def set_create_faults(self, **faults: Any) -> None:
+        """From now on (CreateFaults' fields; none: no fault): answer every create `error_code`, making
+        nothing; fail the all_results entries of `fail_languages`; answer `delay` s after making the jobs."""
+        self.create_faults = CreateFaults(**faults)
+
+    def push_to(self, video_model_id: str, url: str) -> None:
+        """Push the id's status changes (2, 3, 4) to `url`, as Akool does for a job created with
+        `webhookUrl`. ValueError when the config has no push credentials (see `push_credentials`)."""
+        self.pusher.push_to(video_model_id, url)
+
+    def set_push_faults(self, **faults: Any) -> None:
+        """drop (probability), delay (s), repeat, reorder, lie: see app.sandbox.pusher; none: no fault."""
+        self.pusher.set_faults(**faults)
+
+    async def flush_pushes(self) -> int:
+        """Push every status change there is now (on a ManualClock: after `advance()`) and wait until
+        every push under way is answered or given up; how many pushes were queued."""
+        return await self.pusher.flush()
+
     def reset_stats(self) -> None:
         self.requests.clear()
         self.overlaps.clear()
         self.terminal_sent_at.clear()
         self.token_requests = 0
+        self.creates.clear()
+        self.pusher.reset()
 
     # -- figures ---------------------------------------------------------------------------------
 
@@ -202,6 +257,10 @@ class Simulator:
             "faults": self._fault_state(),
             "slow_seconds": self.slow_seconds,
             "latency": self.config.latency,
+            "creates": [asdict(c) for c in self.creates],
+            "create_count": len(self.creates),
+            "create_faults": self.create_faults.model_dump(),
+            **self.pusher.stats(),
         }
 
     def _fault_state(self) -> dict[str, Any]:
@@ -241,7 +300,7 @@ class Simulator:
         elapsed = self.clock() - seen_mono
         h = hashlib.sha1(vid.encode()).hexdigest()
         data: dict[str, Any] = {
-            "_id": h[:24],
+            "_id": vid if vid in self._created else h[:24],
             "create_time": created_ms,
             "uid": 100000 + int(h[24:30], 16) % 900000,
             "team_id": h[16:40],
@@ -264,7 +323,7 @@ class Simulator:
             data.update(video_status=4, progress=0, error_code=FAILED_ERROR_CODE, error_reason=FAILED_REASON)
         else:
             data.update(video_status=3, progress=100, deduction_duration=20)
-            data["video"] = f"{MEDIA_BASE}/videos/{vid}.mp4"
+            data["video"] = _result_url(vid)
             data["audio_splits"] = {
                 "original_srt_url": f"{MEDIA_BASE}/subtitles/{vid}.original.srt",
                 "translated_srt_url": f"{MEDIA_BASE}/subtitles/{vid}.translated.srt",
@@ -338,12 +397,78 @@ class Simulator:
         self._tokens.add(token)
         return JSONResponse({"code": 1000, "msg": "OK", "token": token})
 
+    async def _create(self, request: Request) -> JSONResponse:
+        """createbytranslate: one new id per language of `language` (comma-separated), each starting
+        its lifecycle now; pushes to `webhookUrl` when given. Every request lands in `creates`."""
+        try:
+            body: Any = json.loads(await request.body() or b"null")
+        except ValueError:
+            body = None
+        record = CreateRecord(time.time(), body, 1000, [])
+        self.creates.append(record)
+        if self.config.latency > 0:
+            await asyncio.sleep(self.config.latency)
+        fields: dict[str, Any] = body if isinstance(body, dict) else {}
+        url, language, hook = fields.get("url"), fields.get("language"), fields.get("webhookUrl")
+        langs = [x.strip() for x in language.split(",") if x.strip()] if isinstance(language, str) else []
+        faults = self.create_faults
+        record.code = 1101 if self.auth_failing else self._check_auth(request.headers)
+        if record.code == 1000 and (not url or not isinstance(url, str) or not langs):
+            record.code = 1003
+        if record.code == 1000 and faults.error_code is not None:
+            record.code = faults.error_code
+            msg = faults.error_msg or MESSAGES.get(record.code, "Error")
+            return JSONResponse({"code": record.code, "msg": msg})
+        if record.code != 1000:
+            return JSONResponse({"code": record.code, "msg": MESSAGES[record.code]})
+        results: list[dict[str, Any]] = []
+        for lang in langs:
+            if lang in faults.fail_languages:
+                results.append({"code": faults.fail_code, "msg": faults.fail_msg, "data": {"language": lang}})
+                continue
+            vid = secrets.token_hex(12)  # 24 hex digits, like Akool's ids
+            self._created[vid] = lang
+            self._first_seen[vid] = (self.clock(), int(time.time() * 1000))
+            record.ids.append(vid)
+            if isinstance(hook, str) and hook and self.pusher.credentials() is not None:
+                self.push_to(vid, hook)
+            data = {**self._job_data(vid, "completed"), "video_status": 1, "progress": 0, "video": ""}
+            data.update({k: fields[k] for k in ("source_language", "lipsync", "webhookUrl") if k in fields})
+            results.append({"code": 1000, "msg": "OK", "data": {**data, "language": lang, "url": url}})
+        if faults.delay > 0:  # the jobs exist (and cost) whether or not the caller still waits
+            await asyncio.sleep(faults.delay)
+        made = [r["data"] for r in results if r["code"] == 1000]
+        if not made:  # every language failed: the first failure is the answer
+            record.code = results[0]["code"]
+            return JSONResponse({"code": record.code, "msg": results[0]["msg"]})
+        answer: dict[str, Any] = {"code": 1000, "msg": "OK", "data": made[0]}
+        if len(langs) > 1:
+            answer["all_results"] = results
+        return JSONResponse(answer)
+
+    def _push_status(self, vid: str) -> tuple[int, str] | None:
+        outcome = self._outcome(vid)
+        if outcome == "unknown" or vid not in self._first_seen:
+            return None
+        data = self._job_data(vid, outcome)
+        return data["video_status"], data["video"]
+
     # -- the app ---------------------------------------------------------------------------------
 
     def _build_app(self) -> FastAPI:
-        app = FastAPI(title="Akool simulator", docs_url=None, redoc_url=None)
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await self.pusher.start()
+            try:
+                yield
+            finally:
+                await self.pusher.stop()
+
+        app = FastAPI(title="Akool simulator", docs_url=None, redoc_url=None, lifespan=lifespan)
         app.add_api_route(INFO_PATH, self._info, methods=["GET"], include_in_schema=False)
         app.add_api_route(TOKEN_PATH, self._get_token, methods=["POST"], include_in_schema=False)
+        app.add_api_route(CREATE_PATH, self._create, methods=["POST"], include_in_schema=False)
+        app.include_router(push_routes(self.pusher))
 
         @app.post("/_sim/faults")
         async def faults(body: FaultsBody) -> dict[str, Any]:
@@ -361,6 +486,11 @@ class Simulator:
             self.script(**body.model_dump())
             return body.model_dump()
 
+        @app.post("/_sim/create_faults")
+        async def create_faults(body: CreateFaults) -> dict[str, Any]:
+            self.create_faults = body
+            return {"create_faults": body.model_dump()}
+
         @app.post("/_sim/revoke_tokens")
         async def revoke_tokens() -> dict[str, Any]:
             revoked = len(self._tokens)
@@ -377,6 +507,10 @@ class Simulator:
             return self.stats()
 
         return app
+
+
+def _result_url(vid: str) -> str:
+    return f"{MEDIA_BASE}/videos/{vid}.mp4"
 
 
 async def _sleep_unless_disconnected(request: Request, seconds: float) -> bool:
@@ -403,4 +537,13 @@ async def run_simulator(host: str, port: int, config: SimulatorConfig) -> None:
         raise
 
 
-__all__ = ["Faults", "RequestRecord", "Simulator", "SimulatorConfig", "run_simulator"]
+__all__ = [
+    "CreateFaults",
+    "CreateRecord",
+    "Faults",
+    "ManualClock",
+    "RequestRecord",
+    "Simulator",
+    "SimulatorConfig",
+    "run_simulator",
+]
