@@ -154,7 +154,8 @@ def compose(compose_text: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
 
 
 def environment(service: dict[str, Any]) -> dict[str, Any]:
@@ -436,7 +437,7 @@ def dockerfile_env() -> dict[str, str]:
             if "=" not in words[0]:  # legacy form: ENV KEY value
                 env[words[0]] = " ".join(words[1:])
             else:
-                env.update(word.split("=", 1) for word in words)
+                env.update(word.partition("=")[::2] for word in words)
     return env
 
 
