@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import api, latency, poll, profiling, report, scale
+from benchmarks import api, latency, poll, profiling, push, report, scale
 from benchmarks.common import machine_info, say
 from benchmarks.data import Databases
 
@@ -21,6 +21,7 @@ MEASUREMENTS: dict[str, Callable[[Databases, Any, Path], dict[str, Any]]] = {
     "poll": poll.run,
     "scale": scale.run,
     "latency": latency.run,
+    "push": push.run,
     "api": api.run,
 }
 
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "held to the target; 0: no limit",
     )
     p.add_argument("--latency-timeout", type=float, default=180.0, help="give up waiting for callbacks after")
+    p.add_argument("--push-jobs", type=int, default=100, help="jobs of the push / poll-only delay runs")
+    p.add_argument("--push-timeout", type=float, default=150.0, help="give up waiting for callbacks after")
     p.add_argument(
         "--api-jobs", type=int, default=100_000, help="jobs in the database for the API measurement"
     )

@@ -41,7 +41,10 @@ async def simulator(args: argparse.Namespace) -> None:
     from app.sandbox.simulator import Simulator, SimulatorConfig
 
     config = SimulatorConfig(
-        queue_seconds=args.queue_seconds, process_seconds=args.process_seconds, api_key=args.api_key
+        queue_seconds=args.queue_seconds,
+        process_seconds=args.process_seconds,
+        api_key=args.api_key,
+        client_id=args.client_id,  # with a 16/24/32-byte api key: the simulator pushes
     )
     sim = Simulator(config)
     async with serve_in_background(sim.app, log_level="warning") as url:
@@ -128,6 +131,7 @@ def main() -> None:
     sim.add_argument("--queue-seconds", type=float, default=1.0)
     sim.add_argument("--process-seconds", type=float, default=3.0)
     sim.add_argument("--api-key", default=None)
+    sim.add_argument("--client-id", default=None)
     rec = sub.add_parser("receiver")
     rec.add_argument("--secret", default=None)
     rel = sub.add_parser("relay")

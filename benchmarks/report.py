@@ -68,6 +68,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "≤ 100",
             lat["p99_ms"] is not None and lat["p99_ms"] <= 100,
         )
+    if (push := results.get("push")) is not None:
+        with_push = push["with_push"]
+        p50, p99 = with_push["p50_ms"], with_push["p99_ms"]
+        add("completion → callback with push, p50 (ms)", p50, "≤ 300", p50 is not None and p50 <= 300)
+        add("completion → callback with push, p99 (ms)", p99, "≤ 1,500", p99 is not None and p99 <= 1500)
     if (api := results.get("api")) is not None:
         batch = api["post_jobs_batch"]["jobs_per_s"]
         add("POST /jobs/batch (jobs/s)", batch, "≥ 5,000", batch >= 5000)
@@ -135,6 +140,17 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms",
                     f"{lat['callbacks']:,} callbacks; relay at {lat['polls_per_s']} polls/s, "
                     f"{lat['relay_cpu_utilisation']:.0%} CPU",
+                )
+            )
+    if (push := results.get("push")) is not None:
+        for key, label in (("with_push", "with Akool's push"), ("poll_only", "polling only")):
+            run = push[key]
+            rows.append(
+                (
+                    f"completion → callback, {run['jobs']} jobs of 6–15 s, default intervals, {label}",
+                    f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, mean {run['mean_ms']} ms",
+                    f"{run['callbacks']}/{run['jobs']} callbacks, {run['polls_per_job']} polls/job, "
+                    f"{run['pushes_sent']} pushes",
                 )
             )
     if (api := results.get("api")) is not None:

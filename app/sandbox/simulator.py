@@ -251,6 +251,7 @@ class Simulator:
             "overlap_total": sum(self.overlaps.values()),
             "terminal_sent": len(self.terminal_sent_at),
             "terminal_sent_at": dict(self.terminal_sent_at),
+            "ended_at": self.ended_at(),
             "token_requests": self.token_requests,
             "request_rate": self.request_rate(),
             "peak_rate_1s": self.peak_rate(),
@@ -289,14 +290,27 @@ class Simulator:
             return 1000
         return 1101
 
-    def _job_data(self, vid: str, outcome: Outcome) -> dict[str, Any]:
-        seen_mono, created_ms = self._first_seen[vid]
+    def _durations(self, vid: str) -> tuple[float, float]:
+        """(queueing, processing) seconds of an id: its script's, else the configured ones."""
         script = self._scripts.get(vid)
         queue = self.config.queue_seconds
         process = self.config.process_seconds
         if script is not None:
             queue = queue if script.queue_seconds is None else script.queue_seconds
             process = process if script.process_seconds is None else script.process_seconds
+        return queue, process
+
+    def ended_at(self) -> dict[str, float]:
+        """When each id seen so far ends (or ended), as Unix time: first seen + queueing + processing.
+        Benchmarks measure delays from this moment, not from the poll that saw it."""
+        return {
+            vid: created_ms / 1000 + sum(self._durations(vid))
+            for vid, (_, created_ms) in self._first_seen.items()
+        }
+
+    def _job_data(self, vid: str, outcome: Outcome) -> dict[str, Any]:
+        seen_mono, created_ms = self._first_seen[vid]
+        queue, process = self._durations(vid)
         elapsed = self.clock() - seen_mono
         h = hashlib.sha1(vid.encode()).hexdigest()
         data: dict[str, Any] = {
