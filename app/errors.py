@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -55,6 +57,62 @@ class PushSignatureMismatch(RelayError):
     default_detail = "bad signature"
 
 
+class IdempotencyKeyReused(RelayError):
+    status_code = 422
+    default_detail = "this Idempotency-Key was already used with another request body"
+
+
+class AkoolUnreachable(RelayError):
+    """Nothing reached Akool (connection refused, DNS, no token): the same key may be tried again."""
+
+    status_code = 503
+    default_detail = "Akool could not be reached; nothing was sent, the request may be tried again"
+
+
+class TranslationError(RelayError):
+    """An answer of POST /translations with fields beside `detail` (SPEC §7)."""
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
+
+
+class CreateInProgress(TranslationError):
+    """The key's first call may still be running: Akool is not asked again."""
+
+    status_code = 409
+    default_detail = "a request with this Idempotency-Key is still in progress; try again shortly"
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "state": "in_progress"}
+
+
+class CreateOutcomeUnknown(TranslationError):
+    """Sent, with no answer kept (a timeout after sending, a crash): Akool may have made the jobs."""
+
+    status_code = 409
+    default_detail = (
+        "the outcome of the request with this Idempotency-Key is unknown: Akool may have created the "
+        "video translation; it is not asked again (that could make a second paid job)"
+    )
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "state": "unknown"}
+
+
+class AkoolRejected(TranslationError):
+    """Akool answered the create with a business error: its message and code."""
+
+    status_code = 502
+    default_detail = "Akool refused the request"
+
+    def __init__(self, detail: str | None = None, akool_code: int | None = None) -> None:
+        super().__init__(detail)
+        self.akool_code = akool_code
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "akool_code": self.akool_code}
+
+
 def field_error(field: str, message: str, value: object) -> RequestValidationError:
     """A 422 shaped like FastAPI's own validation errors, for checks made outside pydantic."""
     return RequestValidationError(
@@ -67,3 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _relay_error(_request: Request, exc: RelayError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(TranslationError)
+    async def _translation_error(_request: Request, exc: TranslationError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code)

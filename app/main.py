@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.bodylimit import BodyLimitMiddleware
-from app.api.routes import akool, health, jobs
+from app.api.routes import akool, health, jobs, translations
 from app.config import Settings, load_settings
 from app.db import Database
 from app.errors import install_error_handlers
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, driven: bool = False) -> Fas
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(akool.router)
+    app.include_router(translations.router)
     return app
 
 

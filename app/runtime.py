@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import generate_latest
 
 from app import __version__
-from app.akool import AkoolClient
+from app.akool import AkoolClient, CreateResult
 from app.akool_push import PushConfigError, PushKeys, PushNotice
 from app.config import Settings
 from app.db import Database
@@ -150,6 +151,14 @@ class Runtime:
     def events_waiting(self) -> None:
         """Events were queued (a redelivery, or undelivered ones at start): send them now."""
         self.outbox.pump.wake()
+
+    async def create_translation(self, body: dict[str, Any]) -> CreateResult:
+        """Ask Akool once to create a video translation (the caller recorded the attempt first). It
+        waits for a request slot like any poll, and all of it ends within RELAY_AKOOL_TIMEOUT."""
+        poller = self.poller
+        return await poller.akool.create_translation(
+            body, timeout=self.settings.akool_timeout, wait_for_slot=poller.limiter.acquire
+        )
 
     async def push_received(self, notice: PushNotice) -> None:
         """A verified push from Akool: count it, and make its job due now when the rules let it."""

@@ -166,6 +166,42 @@ class JobsPage(BaseModel):
     next_cursor: str | None
 
 
+def _check_translate_body(value: dict[str, Any]) -> dict[str, Any]:
+    # Akool's two required fields (SPEC §1); the rest goes to Akool as given.
+    for field in ("url", "language"):
+        if not isinstance(value.get(field), str) or not value[field].strip():
+            raise ValueError(f"akool.{field} is required (a non-empty string)")
+    return value
+
+
+class TranslationCreate(BaseModel):
+    """POST /translations: a createbytranslate body, and how to track every job it makes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    akool: Annotated[dict[str, Any], AfterValidator(_check_translate_body)] = Field(
+        description="the createbytranslate body (url, language, …); the relay sets webhookUrl "
+        "when RELAY_PUBLIC_URL is set"
+    )
+    callback_url: CallbackURL
+    metadata: Metadata = Field(default_factory=dict)
+    events: Events = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)  # type: ignore[arg-type]
+
+
+class TranslationFailure(BaseModel):
+    """A language Akool made no job for (its all_results entry carried an error)."""
+
+    language: str | None
+    akool_code: int | None
+    msg: str
+
+
+class TranslationResult(BaseModel):
+    akool: dict[str, Any]  # Akool's `data` and `all_results` (null for one language)
+    jobs: list[JobPublic]
+    failed: list[TranslationFailure]
+
+
 def callback_body(job: Job, event: str, at: datetime) -> str:
     """The exact callback body, fixed when the change happens so every attempt sends the same bytes."""
     data = JobPublic.model_validate(job).model_dump(mode="json")
