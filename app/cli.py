@@ -1,4 +1,4 @@
-"""The `akool-relay` command: serve, migrate, demo, simulator, webhook-secret."""
+"""The `akool-relay` command: serve, migrate, prune, demo, simulator, webhook-secret."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API and the pollers (RELAY_HOST, RELAY_PORT)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub.add_parser("migrate", help="apply the database migrations (DATABASE_URL) and exit")
+    sub.add_parser(
+        "prune",
+        help="delete what RELAY_RETENTION_DAYS lets go, once (as the housekeeping loop does), and say how much",
+    )
     demo = sub.add_parser(
         "demo", help="simulator + relay + receiver on this machine; no Akool account needed"
     )
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
             upgrade_to_head(settings.database_url)
             print("database is at the latest migration")
+            return 0
+        if args.command == "prune":
+            print(asyncio.run(_prune(settings)))
             return 0
         if args.command == "webhook-secret":
             print(asyncio.run(_webhook_secret(settings)))
@@ -130,6 +137,22 @@ def _simulator(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulator(args.host, args.port, config))
     return 0
+
+
+async def _prune(settings: Settings) -> str:
+    from app.db import Database
+    from app.migrate import upgrade_to_head
+    from app.worker.housekeeping import Housekeeper
+
+    if settings.retention_days <= 0:
+        return "RELAY_RETENTION_DAYS is 0: nothing is deleted"
+    if settings.is_sqlite:
+        await asyncio.to_thread(upgrade_to_head, settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        return f"deleted {await Housekeeper(settings, db).prune()}"
+    finally:
+        await db.dispose()
 
 
 async def _webhook_secret(settings: Settings) -> str:

@@ -1,0 +1,68 @@
+"""Housekeeping: deletes what only grows, in short batches, while polling and delivery carry on.
+
+Today that is finished jobs past RELAY_RETENTION_DAYS (SPEC §6), with their transitions, events and
+attempts. When they arrive, idempotency keys past 24 h, revoked tokens and expired secrets past a week,
+and /stats data past a day are removed by this loop too.
+
+Each batch is its own transaction, taken as background work (`urgent=False`: on SQLite, a client's
+write or a poll result waiting for the one writer goes first), and the loop yields between batches.
+The scheduler runs a pass every `INTERVAL` seconds; `akool-relay prune` runs one and reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from datetime import timedelta
+
+from app.config import Settings
+from app.db import Database
+from app.models import utcnow
+from app.store import retention
+from app.store.retention import Deleted
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 60.0  # seconds between passes (SPEC §6: at least once a minute)
+BATCH_JOBS = 500  # jobs looked at per transaction: a few milliseconds of the writer's time
+
+
+class Housekeeper:
+    def __init__(self, settings: Settings, db: Database, *, batch: int = BATCH_JOBS) -> None:
+        self.settings = settings
+        self.db = db
+        self.batch = batch
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Shutdown: a pass in progress ends after its current batch."""
+        self._stopping = True
+
+    async def tick(self) -> None:
+        """The scheduler's entry: one pass, logged when it deleted anything."""
+        try:
+            deleted = await self.prune()
+        except Exception:
+            log.exception("housekeeping: a pass failed; the next one tries again")
+            return
+        if deleted.jobs:
+            log.info("housekeeping: deleted %s past RELAY_RETENTION_DAYS", deleted)
+
+    async def prune(self) -> Deleted:
+        """One full pass: delete the finished, settled jobs older than the retention (none when it is 0)."""
+        days = self.settings.retention_days
+        if days <= 0:
+            return Deleted()
+        cutoff = utcnow() - timedelta(days=days)
+        total = Deleted()
+        after = 0
+        while not self._stopping:
+            work = functools.partial(retention.delete_batch, after=after, cutoff=cutoff, size=self.batch)
+            batch = await self.db.run(work, urgent=False)
+            total += batch.deleted
+            if not batch.more:
+                break
+            after = batch.last_id
+            await asyncio.sleep(0)  # let the loops run; on SQLite, writers waiting go before our next batch
+        return total
