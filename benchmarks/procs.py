@@ -39,12 +39,14 @@ def _ready(url: str) -> None:
 async def simulator(args: argparse.Namespace) -> None:
     from app.sandbox.serving import serve_in_background
     from app.sandbox.simulator import Simulator, SimulatorConfig
+    from app.sandbox.workload import Workload
 
     config = SimulatorConfig(
         queue_seconds=args.queue_seconds,
         process_seconds=args.process_seconds,
         api_key=args.api_key,
         client_id=args.client_id,  # with a 16/24/32-byte api key: the simulator pushes
+        workload=Workload.parse(args.workload) if args.workload else None,
     )
     sim = Simulator(config)
     async with serve_in_background(sim.app, log_level="warning") as url:
@@ -132,6 +134,9 @@ def main() -> None:
     sim.add_argument("--process-seconds", type=float, default=3.0)
     sim.add_argument("--api-key", default=None)
     sim.add_argument("--client-id", default=None)
+    sim.add_argument(
+        "--workload", default=None, help="lifelike jobs, e.g. lifelike:seed=1:duration=uniform(20,50)"
+    )
     rec = sub.add_parser("receiver")
     rec.add_argument("--secret", default=None)
     rel = sub.add_parser("relay")

@@ -10,6 +10,11 @@ and when each id's outcome was first shown.
 Outcome by id prefix: `fail…` fails, `unknown…` / `missing…` never exist (code 1008), anything else
 completes; `script()` overrides one id. Everything the Python API drives can also be driven over HTTP
 under `/_sim/` so a simulator running in another process can be steered and read.
+
+Timeline: by default the short linear one (queue 1 s, then progress rising linearly over 3 s:
+SimulatorConfig), which the demo, the tests and the container check rely on. With a `workload`
+(app.sandbox.workload, written down there) each id plays a lifelike timeline derived from (seed, id):
+queueing 10–30 %, uneven noisy progress that stalls sometimes, jumps, or no progress at all.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 
 from app.sandbox.pusher import RETRY_DELAYS, Pusher, push_credentials, push_routes
+from app.sandbox.workload import Timeline, Workload
 
 INFO_PATH = "/api/open/v3/content/video/infobymodelid"
 TOKEN_PATH = "/api/open/v3/getToken"
@@ -64,6 +70,7 @@ class SimulatorConfig:
     client_secret: str | None = None  # pushes are encrypted with it, else with api_key (16/24/32 bytes)
     latency: float = 0.0  # seconds added to every answer
     push_retry_delays: tuple[float, ...] = RETRY_DELAYS  # before each retry of a push not answered 200
+    workload: Workload | None = None  # lifelike jobs; None: queue_seconds, then process_seconds linear
 
 
 @dataclass(slots=True)
@@ -160,6 +167,7 @@ class Simulator:
         self.creates: list[CreateRecord] = []
         self.create_faults = CreateFaults()
         self._created: dict[str, str] = {}  # id made by createbytranslate -> its language
+        self._timelines: dict[str, Timeline] = {}  # the workload's, computed once per id
         self.pusher = Pusher(
             self._push_status,
             lambda: push_credentials(self.config.client_id, self.config.client_secret, self.config.api_key),
@@ -258,6 +266,7 @@ class Simulator:
             "faults": self._fault_state(),
             "slow_seconds": self.slow_seconds,
             "latency": self.config.latency,
+            "workload": None if self.config.workload is None else self.config.workload.spec(),
             "creates": [asdict(c) for c in self.creates],
             "create_count": len(self.creates),
             "create_faults": self.create_faults.model_dump(),
@@ -290,11 +299,22 @@ class Simulator:
             return 1000
         return 1101
 
+    def _timeline(self, vid: str) -> Timeline | None:
+        """The id's timeline under the configured workload (None: no workload)."""
+        if self.config.workload is None:
+            return None
+        if (timeline := self._timelines.get(vid)) is None:
+            timeline = self._timelines[vid] = self.config.workload.timeline(vid)
+        return timeline
+
     def _durations(self, vid: str) -> tuple[float, float]:
-        """(queueing, processing) seconds of an id: its script's, else the configured ones."""
+        """(queueing, processing) seconds of an id: its script's, else its workload timeline's, else
+        the configured ones."""
         script = self._scripts.get(vid)
-        queue = self.config.queue_seconds
-        process = self.config.process_seconds
+        if (timeline := self._timeline(vid)) is not None:
+            queue, process = timeline.queue_seconds, timeline.process_seconds
+        else:
+            queue, process = self.config.queue_seconds, self.config.process_seconds
         if script is not None:
             queue = queue if script.queue_seconds is None else script.queue_seconds
             process = process if script.process_seconds is None else script.process_seconds
@@ -329,7 +349,13 @@ class Simulator:
             "deduction_duration": 0,
             "video": "",
         }
-        if elapsed < queue:
+        timeline = self._timeline(vid)
+        if elapsed < queue + process and timeline is not None:
+            data["video_status"] = 1 if elapsed < queue else 2
+            fraction = (elapsed - queue) / process if process > 0 else 0.0
+            if (progress := timeline.progress_at(fraction)) is not None:
+                data["progress"] = progress  # a silent job shows no progress field
+        elif elapsed < queue:
             data.update(video_status=1, progress=0)
         elif elapsed < queue + process:
             data.update(video_status=2, progress=min(99, int(100 * (elapsed - queue) / process)))
