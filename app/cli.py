@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply the database migrations (DATABASE_URL) and exit")
     sub.add_parser(
         "prune",
-        help="delete what RELAY_RETENTION_DAYS lets go, once (as the housekeeping loop does), and say how much",
+        help="delete, once, what the housekeeping loop deletes (old jobs per RELAY_RETENTION_DAYS, "
+        "idempotency keys past 24 h) and say how much",
     )
     demo = sub.add_parser(
         "demo", help="simulator + relay + receiver on this machine; no Akool account needed"
@@ -144,15 +145,15 @@ async def _prune(settings: Settings) -> str:
     from app.migrate import upgrade_to_head
     from app.worker.housekeeping import Housekeeper
 
-    if settings.retention_days <= 0:
-        return "RELAY_RETENTION_DAYS is 0: nothing is deleted"
     if settings.is_sqlite:
         await asyncio.to_thread(upgrade_to_head, settings.database_url)
     db = Database(settings.database_url)
     try:
-        return f"deleted {await Housekeeper(settings, db).prune()}"
+        deleted = await Housekeeper(settings, db).prune()
     finally:
         await db.dispose()
+    kept = " (RELAY_RETENTION_DAYS is 0: every job is kept)" if settings.retention_days <= 0 else ""
+    return f"deleted {deleted}{kept}"
 
 
 async def _webhook_secret(settings: Settings) -> str:

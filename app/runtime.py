@@ -182,7 +182,7 @@ class Runtime:
         return await self.outbox.deliver_due()
 
     async def prune(self) -> Deleted:
-        """Run-once: one housekeeping pass (what RELAY_RETENTION_DAYS lets go); returns what it deleted."""
+        """Run-once: one housekeeping pass (SPEC §6: old jobs, idempotency keys); returns what it deleted."""
         return await self.housekeeper.prune()
 
     async def readiness(self) -> tuple[list[str], str]:

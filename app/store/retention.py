@@ -31,12 +31,13 @@ from app.models import Attempt, Event, Job, Transition
 
 @dataclass(frozen=True)
 class Deleted:
-    """Rows deleted: jobs, and with them their transitions, events and attempts."""
+    """What housekeeping deleted: jobs with their transitions, events and attempts; idempotency keys."""
 
     jobs: int = 0
     transitions: int = 0
     events: int = 0
     attempts: int = 0
+    idempotency_keys: int = 0
 
     def __add__(self, other: Deleted) -> Deleted:
         return Deleted(
@@ -44,12 +45,13 @@ class Deleted:
             self.transitions + other.transitions,
             self.events + other.events,
             self.attempts + other.attempts,
+            self.idempotency_keys + other.idempotency_keys,
         )
 
     def __str__(self) -> str:
         return (
             f"{self.jobs:,} jobs ({self.transitions:,} transitions, {self.events:,} events, "
-            f"{self.attempts:,} attempts)"
+            f"{self.attempts:,} attempts) and {self.idempotency_keys:,} idempotency keys"
         )
 
 

@@ -1,8 +1,8 @@
 """Housekeeping: deletes what only grows, in short batches, while polling and delivery carry on.
 
 Today that is finished jobs past RELAY_RETENTION_DAYS (SPEC §6), with their transitions, events and
-attempts. When they arrive, idempotency keys past 24 h, revoked tokens and expired secrets past a week,
-and /stats data past a day are removed by this loop too.
+attempts, and the idempotency keys of POST /translations past 24 h. When they arrive, revoked tokens
+and expired secrets past a week, and /stats data past a day, are removed by this loop too.
 
 Each batch is its own transaction, taken as background work (`urgent=False`: on SQLite, a client's
 write or a poll result waiting for the one writer goes first), and the loop yields between batches.
@@ -14,18 +14,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from app.config import Settings
 from app.db import Database
 from app.models import utcnow
-from app.store import retention
+from app.store import creates, retention
 from app.store.retention import Deleted
 
 log = logging.getLogger(__name__)
 
 INTERVAL = 60.0  # seconds between passes (SPEC §6: at least once a minute)
 BATCH_JOBS = 500  # jobs looked at per transaction: a few milliseconds of the writer's time
+IDEMPOTENCY_KEYS_KEPT = timedelta(hours=24)  # SPEC §6
 
 
 class Housekeeper:
@@ -46,15 +47,19 @@ class Housekeeper:
         except Exception:
             log.exception("housekeeping: a pass failed; the next one tries again")
             return
-        if deleted.jobs:
-            log.info("housekeeping: deleted %s past RELAY_RETENTION_DAYS", deleted)
+        if deleted != Deleted():
+            log.info("housekeeping: deleted %s", deleted)
 
     async def prune(self) -> Deleted:
-        """One full pass: delete the finished, settled jobs older than the retention (none when it is 0)."""
-        days = self.settings.retention_days
-        if days <= 0:
-            return Deleted()
-        cutoff = utcnow() - timedelta(days=days)
+        """One full pass: the finished, settled jobs older than the retention (none when it is 0), then
+        the idempotency keys past 24 h. Returns what it deleted."""
+        now = utcnow()
+        deleted = Deleted()
+        if self.settings.retention_days > 0:
+            deleted += await self._jobs(now - timedelta(days=self.settings.retention_days))
+        return deleted + await self._idempotency_keys(now - IDEMPOTENCY_KEYS_KEPT)
+
+    async def _jobs(self, cutoff: datetime) -> Deleted:
         total = Deleted()
         after = 0
         while not self._stopping:
@@ -64,5 +69,20 @@ class Housekeeper:
             if not batch.more:
                 break
             after = batch.last_id
-            await asyncio.sleep(0)  # let the loops run; on SQLite, writers waiting go before our next batch
+            await self._pause()
         return total
+
+    async def _idempotency_keys(self, older_than: datetime) -> Deleted:
+        total = 0
+        while not self._stopping:
+            work = functools.partial(creates.delete_expired_creates, older_than=older_than, limit=self.batch)
+            n = await self.db.run(work, urgent=False)
+            total += n
+            if n < self.batch:
+                break
+            await self._pause()
+        return Deleted(idempotency_keys=total)
+
+    @staticmethod
+    async def _pause() -> None:
+        await asyncio.sleep(0)  # let the loops run; on SQLite, writers waiting go before our next batch

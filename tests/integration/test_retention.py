@@ -2,7 +2,7 @@
 
 Finished jobs whose events are all settled go once they finished longer ago than the retention, with
 their transitions, events and attempts; unfinished jobs and jobs with a delivery still to be made stay;
-the dashboard's trigger-kept counts stay equal to the rows. The stepped tests backdate `finished_at`
+the dashboard's trigger-kept counts stay equal to the rows. Idempotency keys go after 24 h. The stepped tests backdate `finished_at`
 (and `created_at`, which a job's finish never precedes) instead of waiting for a day to pass.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import col
 
-from app.models import Job, utcnow
+from app.models import AkoolCreate, Job, utcnow
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import ManualClock, Simulator
 from app.store.retention import Deleted
@@ -64,6 +64,16 @@ async def backdate(r: RunningRelay, ids: list[str], days: float) -> None:
             .where(col(Job.video_model_id).in_(ids))
             .values(created_at=finished - timedelta(days=1), finished_at=finished)
         )
+
+
+async def add_idempotency_keys(r: RunningRelay, ages: dict[str, float]) -> None:
+    """Keys of POST /translations, made `ages[key]` hours ago."""
+    async with r.relay.db.write() as session:
+        for key, hours in ages.items():
+            at = utcnow() - timedelta(hours=hours)
+            session.add(
+                AkoolCreate(key=key, request_hash="0" * 64, state="done", created_at=at, updated_at=at)
+            )
 
 
 async def status_rows(db_url: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -208,6 +218,7 @@ async def test_prune_command_prints_what_it_deleted(
         await run_to_the_end(r, sim_clock)
         await backdate(r, ["old-cli-1", "old-cli-2"], days=2)
         expected = await rows_of(db_url, ["old-cli-1", "old-cli-2"])
+        await add_idempotency_keys(r, {"key-old-1": 25, "key-old-2": 48, "key-recent": 23})
         sim_url = r.settings.akool_base_url
 
     async def prune(**env: Any) -> tuple[int, str]:
@@ -224,17 +235,27 @@ async def test_prune_command_prints_what_it_deleted(
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         return proc.returncode or 0, out.decode()
 
+    # A retention of 0 keeps every job; idempotency keys still go after their 24 h.
     code, out = await prune(RELAY_RETENTION_DAYS=0)
-    assert (code, out.strip()) == (0, "RELAY_RETENTION_DAYS is 0: nothing is deleted")
+    assert (code, out.strip().splitlines()[-1]) == (
+        0,
+        "deleted 0 jobs (0 transitions, 0 events, 0 attempts) and 2 idempotency keys "
+        "(RELAY_RETENTION_DAYS is 0: every job is kept)",
+    ), out
+    assert await job_ids(db_url) == {"old-cli-1", "old-cli-2", "recent-cli-3"}
+    assert {k for (k,) in await fetch(db_url, "SELECT key FROM akool_create")} == {"key-recent"}
     code, out = await prune(RELAY_RETENTION_DAYS=1)
     assert code == 0, out
     assert out.strip().splitlines()[-1] == (
         f"deleted {expected.jobs} jobs ({expected.transitions} transitions, {expected.events} events, "
-        f"{expected.attempts} attempts)"
+        f"{expected.attempts} attempts) and 0 idempotency keys"
     )
     assert await job_ids(db_url) == {"recent-cli-3"}
     code, out = await prune(RELAY_RETENTION_DAYS=1)
-    assert out.strip().splitlines()[-1] == "deleted 0 jobs (0 transitions, 0 events, 0 attempts)"
+    assert (
+        out.strip().splitlines()[-1]
+        == "deleted 0 jobs (0 transitions, 0 events, 0 attempts) and 0 idempotency keys"
+    )
 
 
 @pytest.mark.timeout(240)
