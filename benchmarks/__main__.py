@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import api, latency, poll, profiling, push, report, scale
+from benchmarks import api, detection, latency, poll, profiling, push, report, scale
 from benchmarks.common import machine_info, say
 from benchmarks.data import Databases
 
@@ -22,6 +22,7 @@ MEASUREMENTS: dict[str, Callable[[Databases, Any, Path], dict[str, Any]]] = {
     "scale": scale.run,
     "latency": latency.run,
     "push": push.run,
+    "detection": detection.run,
     "api": api.run,
 }
 
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-timeout", type=float, default=180.0, help="give up waiting for callbacks after")
     p.add_argument("--push-jobs", type=int, default=100, help="jobs of the push / poll-only delay runs")
     p.add_argument("--push-timeout", type=float, default=150.0, help="give up waiting for callbacks after")
+    p.add_argument(
+        "--detection-full",
+        action="store_true",
+        help="detection delay at full scale (jobs of 20–50 s; a few minutes) instead of 10× faster",
+    )
+    p.add_argument(
+        "--detection-seed", type=int, default=1, help="seed of the detection workloads (app.sandbox.workload)"
+    )
     p.add_argument(
         "--api-jobs", type=int, default=100_000, help="jobs in the database for the API measurement"
     )

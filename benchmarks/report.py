@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         p50, p99 = with_push["p50_ms"], with_push["p99_ms"]
         add("completion → callback with push, p50 (ms)", p50, "≤ 300", p50 is not None and p50 <= 300)
         add("completion → callback with push, p99 (ms)", p99, "≤ 1,500", p99 is not None and p99 <= 1500)
+    if (det := results.get("detection")) is not None:
+        _detection_targets(det, add)
     if (api := results.get("api")) is not None:
         batch = api["post_jobs_batch"]["jobs_per_s"]
         add("POST /jobs/batch (jobs/s)", batch, "≥ 5,000", batch >= 5000)
@@ -153,6 +156,8 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{run['pushes_sent']} pushes",
                 )
             )
+    if (det := results.get("detection")) is not None:
+        rows.extend(_detection_rows(det))
     if (api := results.get("api")) is not None:
         g, b, s = api["get_jobs"], api["post_jobs_batch"], api["post_jobs"]
         n = api["jobs_in_database"]
@@ -167,6 +172,62 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"POST /jobs, {s['concurrency']} workers",
                 f"{_num(s['requests_per_s'])} requests/s",
                 f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms",
+            )
+        )
+    return rows
+
+
+def _detection_targets(det: dict[str, Any], add: Callable[[str, Any, str, bool | None], None]) -> None:
+    """Issue 11's targets: against fixed figures, or against today's policy simulated in the same run."""
+    scaled = "" if det["scale"] == 1 else f", ×{det['scale']} time-scaled, scaled back"
+
+    def at_most(what: str, value: Any, bound: Any, text: str) -> None:
+        ok = value is not None and bound is not None and value <= bound
+        add(f"detection delay{scaled}: {what}", value, text, ok)
+
+    if (sat := det["workloads"].get("saturated")) is not None:
+        relay, today = sat["relay"], sat["today"]
+        at_most("saturated, mean (s)", relay["mean_s"], 2.5, "≤ 2.5")
+        at_most("saturated, p50 (s)", relay["p50_s"], 1.5, "≤ 1.5")
+        tp = today["polls_per_job"]
+        at_most("saturated, polls/job", relay["polls_per_job"], tp, f"≤ {tp} (today's policy)")
+    if (light := det["workloads"].get("light")) is not None:
+        relay, today = light["relay"], light["today"]
+        at_most("light, p50 (s)", relay["p50_s"], 1.0, "≤ 1")
+        bound = round(0.7 * today["polls_per_job"], 2)
+        at_most("light, polls/job", relay["polls_per_job"], bound, f"≤ {bound} (0.7 × today's policy)")
+    if (quiet := det["workloads"].get("no_progress")) is not None:
+        relay, today = quiet["relay"], quiet["today"]
+        tm, tp = today["mean_s"], today["polls_per_job"]
+        at_most("no progress, mean (s)", relay["mean_s"], tm, f"≤ {tm} (today's policy)")
+        at_most("no progress, polls/job", relay["polls_per_job"], tp, f"≤ {tp} (today's policy)")
+
+
+def _detection_rows(det: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One line per workload: the relay (a real process) beside the simulated references."""
+
+    def figures(f: dict[str, Any]) -> str:
+        return f"mean {f['mean_s']} s, p50 {f['p50_s']} s, p99 {f['p99_s']} s, {f['polls_per_job']} polls/job"
+
+    scaled = "full scale" if det["scale"] == 1 else f"×{det['scale']} time-scaled, scaled back"
+    rows = []
+    for w in det["workloads"].values():
+        relay = w["relay"]
+        missing = f" ({relay['missing']} callbacks missing)" if relay.get("missing") else ""
+        share = relay.get("first_polls_budget_share")
+        if share is not None and share < 0.8 and w["jobs"] >= 100:  # 30 jobs are too few to tell
+            missing += (
+                f"; BELOW BUDGET: first polls at {relay['first_polls_per_s']:g}/s of {relay['rate_limit']:g}/s "
+                "(relay short of CPU?)"
+            )
+        rows.append(
+            (
+                f"detection delay, {w['label']}: {w['jobs']} jobs of {det['duration_s']} s, budget "
+                f"{det['rate_limit']:g}/s, intervals {det['interval_min_s']:g}–{det['interval_max_s']:g} s "
+                f"({scaled})",
+                figures(relay) + missing,
+                f"simulated, same budget: today's policy {figures(w['today'])}; fixed 3 s "
+                f"{figures(w['fixed_3s'])}; oracle {figures(w['oracle'])}",
             )
         )
     return rows
