@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="detection delay at full scale (jobs of 20–50 s; a few minutes) instead of 10× faster",
     )
     p.add_argument(
+        "--detection-scale",
+        type=float,
+        default=10.0,
+        help="how much faster the time-scaled detection run goes (durations and intervals ÷, rate ×); "
+        "lower it when the table says BELOW BUDGET (the relay cannot poll at rate × scale here)",
+    )
+    p.add_argument(
         "--detection-seed", type=int, default=1, help="seed of the detection workloads (app.sandbox.workload)"
     )
     p.add_argument(

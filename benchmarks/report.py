@@ -179,7 +179,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _detection_targets(det: dict[str, Any], add: Callable[[str, Any, str, bool | None], None]) -> None:
     """Issue 11's targets: against fixed figures, or against today's policy simulated in the same run."""
-    scaled = "" if det["scale"] == 1 else f", ×{det['scale']} time-scaled, scaled back"
+    scaled = "" if det["scale"] == 1 else f", ×{det['scale']:g} time-scaled, scaled back"
 
     def at_most(what: str, value: Any, bound: Any, text: str) -> None:
         ok = value is not None and bound is not None and value <= bound
@@ -209,7 +209,7 @@ def _detection_rows(det: dict[str, Any]) -> list[tuple[str, str, str]]:
     def figures(f: dict[str, Any]) -> str:
         return f"mean {f['mean_s']} s, p50 {f['p50_s']} s, p99 {f['p99_s']} s, {f['polls_per_job']} polls/job"
 
-    scaled = "full scale" if det["scale"] == 1 else f"×{det['scale']} time-scaled, scaled back"
+    scaled = "full scale" if det["scale"] == 1 else f"×{det['scale']:g} time-scaled, scaled back"
     rows = []
     for w in det["workloads"].values():
         relay = w["relay"]
