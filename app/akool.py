@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -194,8 +194,11 @@ class AkoolClient:
         http: httpx.AsyncClient | Sequence[httpx.AsyncClient],
         *,
         create_http: Callable[[], httpx.AsyncClient] | None = None,
+        acquire: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """`create_http`: makes the client a create is sent with (default: a fresh one per create)."""
+        """`create_http`: makes the client a create is sent with (default: a fresh one per create).
+        `acquire`: waits for a request slot of the Akool budget (app/worker/budget.py); awaited here
+        before every getToken and infobymodelid request (a create waits for its own slot)."""
         self._settings = settings
         # Several small clients, used in turn: httpcore scans its whole pool on every request and
         # response (the biggest cost in the poll profile), so pools of 8 cost a quarter of one of 32.
@@ -205,6 +208,7 @@ class AkoolClient:
         self._token: str | None = None
         self._token_lock = asyncio.Lock()
         self._create_http = create_http or self._fresh_client
+        self._acquire = acquire or _no_wait
 
     @property
     def uses_token(self) -> bool:
@@ -220,6 +224,7 @@ class AkoolClient:
         async with self._token_lock:
             if self._token is None:
                 secret = self._settings.akool_client_secret
+                await self._acquire()
                 response = await self._http.post(
                     self._settings.akool_base_url + TOKEN_PATH,
                     json={
@@ -239,13 +244,14 @@ class AkoolClient:
 
     async def fetch(self, video_model_id: str) -> PollResult:
         """Ask Akool about one job. Never raises for upstream trouble: it is all in the result."""
-        started = time.perf_counter()
         result = await self._fetch_once(video_model_id)
+        latency = result.latency
         if result.kind == AnswerKind.AUTH_FAILED and self.uses_token and result.code in (1101, None):
             self._token = None  # the token expired or was revoked: fetch a new one and ask again once
             result = await self._fetch_once(video_model_id)
+            latency += result.latency
         detail = self._redact(result.detail)
-        return PollResult(result.kind, result.data, result.code, detail, time.perf_counter() - started)
+        return PollResult(result.kind, result.data, result.code, detail, latency)
 
     def _redact(self, text: str) -> str:
         """Akool's `msg` is shown on the dashboard; never let it carry our credentials back out."""
@@ -257,8 +263,12 @@ class AkoolClient:
         return text
 
     async def _fetch_once(self, video_model_id: str) -> PollResult:
+        """One infobymodelid request; its latency counts from when it had its slot."""
+        started = time.perf_counter()
         try:
             headers = await self._headers()
+            await self._acquire()
+            started = time.perf_counter()
             response = await next(self._clients).get(
                 self._settings.akool_base_url + INFO_PATH,
                 params={"video_model_id": video_model_id},
@@ -267,10 +277,12 @@ class AkoolClient:
         except TokenRefused as exc:
             return exc.result
         except httpx.TimeoutException:
-            return PollResult(AnswerKind.TRANSIENT, detail="timeout")
+            result = PollResult(AnswerKind.TRANSIENT, detail="timeout")
         except httpx.HTTPError as exc:
-            return PollResult(AnswerKind.TRANSIENT, detail=f"{type(exc).__name__}")
-        return classify(response.status_code, _json_or_none(response))
+            result = PollResult(AnswerKind.TRANSIENT, detail=f"{type(exc).__name__}")
+        else:
+            result = classify(response.status_code, _json_or_none(response))
+        return replace(result, latency=time.perf_counter() - started)
 
     def _fresh_client(self) -> httpx.AsyncClient:
         # A new connection for every create: a kept-alive one the server has just closed would fail
@@ -334,6 +346,10 @@ class AkoolClient:
             self._redact(result.detail),
             time.perf_counter() - started,
         )
+
+
+async def _no_wait() -> None:
+    return None
 
 
 class TokenRefused(Exception):

@@ -237,5 +237,24 @@ class AkoolCreate(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
+class AkoolBudget(SQLModel, table=True):
+    """One row (id=1): the deployment's Akool request budget on PostgreSQL, a token bucket kept on the
+    database's clock (app/worker/budget.py says how replicas lease from it; SQLite leaves it unused).
+
+    `tokens` holds at most one (no burst beyond one request); below zero it counts the request slots
+    already leased ahead of `refilled_at`. `rate` is the rate in force: RELAY_AKOOL_RATE_LIMIT, or
+    less after a 1005 (halved, then doubled back once per quiet cool-down from `throttled_until`).
+    """
+
+    __tablename__ = "akool_budget"
+
+    id: int = Field(default=1, primary_key=True)
+    rate: float = Field(nullable=False)  # requests per second in force
+    tokens: float = Field(nullable=False)
+    refilled_at: datetime = Field(sa_type=UTCDateTime, nullable=False)  # the database's clock
+    throttled_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    halved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # 1005s within 1 s halve once
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -29,6 +29,7 @@ from app.store import jobs, pushes
 from app.store.pushes import PushEffect
 from app.store.retention import Deleted
 from app.webhooks import WebhookSender
+from app.worker.budget import make_budget
 from app.worker.housekeeping import INTERVAL as HOUSEKEEPING_INTERVAL
 from app.worker.housekeeping import Housekeeper
 from app.worker.outbox import Outbox
@@ -94,8 +95,11 @@ class Runtime:
             self.metrics,
             driven=driven,
         )
-        akool = AkoolClient(settings, self.akool_http)
-        self.poller = Poller(settings, db, akool, self.metrics, self.outbox, driven=driven)
+        # One Akool budget for every request this process sends (shared with the other replicas on
+        # PostgreSQL): polls and getToken take their slots in the client, creates in create_translation.
+        self.budget = make_budget(settings, db)
+        akool = AkoolClient(settings, self.akool_http, acquire=self.budget.acquire)
+        self.poller = Poller(settings, db, akool, self.metrics, self.outbox, self.budget, driven=driven)
         self.housekeeper = Housekeeper(settings, db)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self._ticks_running = 0
@@ -225,6 +229,7 @@ class Runtime:
         await asyncio.gather(self.poller.pump.close(SHUTDOWN_GRACE), self.outbox.pump.close(SHUTDOWN_GRACE))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.budget.close()
         for client in self.akool_http:
             await client.aclose()
         await self.callback_http.aclose()

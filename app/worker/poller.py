@@ -26,9 +26,10 @@ from app.store import events, polls
 from app.store.events import Handoff
 from app.store.polls import ClaimedJob
 from app.worker.batch import BatchWriter
+from app.worker.budget import Budget
 from app.worker.outbox import Outbox
 from app.worker.pump import Pump
-from app.worker.upstream import ANSWERED, HealthTracker, RateLimiter
+from app.worker.upstream import ANSWERED, HealthTracker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Poller:
         akool: AkoolClient,
         metrics: Metrics,
         outbox: Outbox,
+        budget: Budget,
         *,
         driven: bool = False,
     ) -> None:
@@ -68,7 +70,7 @@ class Poller:
         self.akool = akool
         self.metrics = metrics
         self.outbox = outbox
-        self.limiter = RateLimiter(settings.akool_rate_limit, cooldown=settings.throttle_cooldown)
+        self.limiter = budget  # the AkoolClient takes a slot before each request it sends
         self.health = HealthTracker(db)
         self.pump: Pump[ClaimedJob] = Pump(
             "poller", self.claim, self.poll, self.release, capacity=settings.poll_concurrency, driven=driven
@@ -117,7 +119,6 @@ class Poller:
         if item.expires_at <= utcnow():
             await self.apply(item, Expired(), None)
             return
-        await self.limiter.acquire()
         result = await self.akool.fetch(item.video_model_id)
         self._note(item, result)
         observation: Observation | None = None
