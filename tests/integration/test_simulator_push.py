@@ -379,7 +379,8 @@ async def test_http_controls_for_pushes() -> None:
         assert (await r.client.post("/_sim/push_faults", json={"drop": 2})).status_code == 422
         await r.status("job-h")
         r.clock.advance(1.5)
-        assert (await r.client.post("/_sim/flush_pushes")).json() == {"queued": 1}
+        flushed = (await r.client.post("/_sim/flush_pushes")).json()
+        assert flushed in ({"queued": 1}, {"queued": 0})  # the 20 ms background check may queue it first
         assert r.receiver.said() == [("job-h", 2), ("job-h", 2)]
         stats = (await r.client.get("/_sim/stats")).json()
         assert stats["pushes_sent"] == 2 and stats["push_faults"]["repeat"] is True
