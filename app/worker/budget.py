@@ -186,6 +186,7 @@ class SharedBudget:
         self._halved_at = -math.inf
         self._slots: deque[float] = deque()  # local times of leased slots nobody has taken yet
         self._queued = 0  # requests waiting without a slot
+        self._taken: deque[float] = deque()  # when slots were taken in the last second (demand)
         self._lease_lock = asyncio.Lock()
         self._retry_at = -math.inf  # a refused lease: no new one before this
         self._halve = False  # a 1005 not yet recorded in the row
@@ -226,7 +227,7 @@ class SharedBudget:
                     wait = self._retry_at - self._clock()
                     if wait > 0:
                         await asyncio.sleep(wait)
-                    await self._lease(min(self._queued, self._slice()))
+                    await self._lease(self._want())
         finally:
             self._queued -= 1
         if slot > now:
@@ -236,10 +237,19 @@ class SharedBudget:
         while self._slots and self._slots[0] + EXPIRY < now:
             self._slots.popleft()
             self.dropped += 1
-        return self._slots.popleft() if self._slots else None
+        if not self._slots:
+            return None
+        self._taken.append(now)
+        while self._taken[0] < now - 1.0:
+            self._taken.popleft()
+        return self._slots.popleft()
 
-    def _slice(self) -> int:
-        return max(1, round(SLICE * self.rate))
+    def _want(self) -> int:
+        """What this replica's demand needs: the requests waiting, or what it took in the last
+        second scaled to a slice if more (a steady demand then costs a round trip per slice, not per
+        request); never more than a slice."""
+        expected = math.ceil(len(self._taken) * SLICE)
+        return max(1, min(max(1, round(SLICE * self.rate)), max(self._queued, expected)))
 
     async def _lease(self, want: int) -> None:
         """One round trip: lease up to `want` slots (all or none) and record a pending 1005."""
