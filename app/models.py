@@ -78,12 +78,21 @@ class Job(SQLModel, table=True):
             postgresql_where=sa.text("next_poll_at IS NOT NULL"),
             sqlite_where=sa.text("next_poll_at IS NOT NULL"),
         ),
-        # The jobs a push made due, claimed before the others: a scan of a few rows.
+        # The jobs a push made due, claimed before the others: a scan of a few rows. SQLite uses a
+        # partial index only for a query that has its WHERE term as written: `push_due = 1` there.
         sa.Index(
             "ix_job_push_due_next_poll_at",
             "next_poll_at",
             postgresql_where=sa.text("push_due"),
-            sqlite_where=sa.text("push_due"),
+            sqlite_where=sa.text("push_due = 1"),
+        ),
+        # The claim's other scans: one range per poll class, earliest due first (app/scheduling.py).
+        sa.Index(
+            "ix_job_poll_class_next_poll_at",
+            "poll_class",
+            "next_poll_at",
+            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
+            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
         ),
     )
 
@@ -128,6 +137,17 @@ class Job(SQLModel, table=True):
     ending_push_seen: bool = Field(
         default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()}
     )
+
+    # Prediction and priority (app/scheduling.py). The last few [Unix seconds, progress] samples taken
+    # while processing; the estimate made of them (NULL when progress says nothing).
+    progress_samples: list[list[float]] | None = Field(default=None, sa_type=sa.JSON)
+    expected_finish_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The next poll's class (0 finish passed, 1 running, 2 queued) and its claim order key,
+    # next_poll_at + class × RELAY_POLL_INTERVAL_MAX (NULL when terminal, like next_poll_at).
+    poll_class: int = Field(
+        default=1, nullable=False, sa_type=sa.SmallInteger, sa_column_kwargs={"server_default": "1"}
+    )
+    claim_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Transition(SQLModel, table=True):

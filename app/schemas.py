@@ -96,6 +96,7 @@ class JobPublic(BaseModel):
     delivery: str
     push_count: int = 0
     last_pushed_at: datetime | None = None
+    expected_finish_at: datetime | None = None  # the relay's estimate (app/scheduling.py); null without
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -9,14 +9,14 @@ The poller (`worker/poller.py`) and the API's cancel (`store/jobs.py`) are its t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import scheduling
 from app.config import Settings
 from app.models import TERMINAL_STATUSES, Event, EventState, Job, JobStatus, Transition
-from app.retry import jittered, next_poll_interval
 from app.schemas import callback_body
 from app.store.leases import new_token
 
@@ -90,7 +90,9 @@ class Decision:
     fields: dict[str, Any] = field(default_factory=dict)  # job columns to set
     transitions: list[tuple[JobStatus, JobStatus, int | None]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # event names, e.g. "completed"
-    changed: bool = False  # anything a client would notice (resets the poll interval)
+    changed: bool = False  # anything a client would notice (a status change resets the poll interval)
+    answered: bool = False  # Akool answered with a status we know (the poll may place the next one)
+    seen_progress: int | None = None  # the progress that answer reported (a prediction sample)
 
     @property
     def terminal(self) -> bool:
@@ -149,6 +151,8 @@ def _apply_seen(job: JobView, decision: Decision, data: dict[str, Any]) -> None:
         return
     if target != job.status and target not in ALLOWED[job.status]:
         return  # a stale answer (e.g. queueing after processing): never move backwards
+    decision.answered = True
+    decision.seen_progress = progress
     if target == JobStatus.COMPLETED:
         fields["video_url"] = data.get("video") or None
         fields["audio_splits"] = (
@@ -166,6 +170,42 @@ def _apply_seen(job: JobView, decision: Decision, data: dict[str, Any]) -> None:
             decision.events.append("progress")
     fields["video_status"] = _int_or_none(data.get("video_status"))
     _move(job, decision, target, progress if progress is not None else job.progress)
+
+
+def _schedule(job: Job, decision: Decision, now: datetime, settings: Settings, *, pushed: bool) -> None:
+    """Sample the progress, estimate the finish, place the next poll and give it its priority
+    (app/scheduling.py)."""
+    status = decision.status
+    if status != JobStatus.PROCESSING:
+        job.progress_samples = job.expected_finish_at = None
+    elif decision.answered:
+        samples = None if decision.transitions else job.progress_samples  # a new status starts afresh
+        if decision.seen_progress is not None:
+            samples = scheduling.add_sample(samples, now.timestamp(), decision.seen_progress)
+        job.progress_samples = samples
+        finish = scheduling.predict_finish(samples)
+        job.expected_finish_at = None if finish is None else datetime.fromtimestamp(finish, UTC)
+    # An unanswered poll (a transient error) backs off: an estimate is no reason to retry sooner.
+    expected = job.expected_finish_at if decision.answered else None
+    plan = scheduling.plan_next_poll(
+        now.timestamp(),
+        None if expected is None else expected.timestamp(),
+        job.poll_interval,
+        # A status change, or a poll a push asked for that found the job unfinished: the next one
+        # at the minimum. A progress change alone is what the estimate is made of.
+        reset=bool(decision.transitions) or pushed,
+        minimum=settings.poll_interval_min,
+        maximum=settings.poll_interval_max,
+    )
+    job.poll_interval = plan.interval
+    # Within [MIN, MAX] of this poll, jitter included (SPEC §5), and never later than the deadline,
+    # so a job expires on time.
+    job.next_poll_at = min(now + timedelta(seconds=plan.wait), job.expires_at)
+    klass = scheduling.poll_class(
+        status, job.next_poll_at, job.expected_finish_at, settings.poll_interval_min
+    )
+    job.poll_class = int(klass)
+    job.claim_at = scheduling.claim_at(job.next_poll_at, klass, settings.poll_interval_max)
 
 
 def new_webhook_id() -> str:
@@ -208,20 +248,11 @@ def apply_decision(
         )
     if decision.terminal:
         job.finished_at = now
-        job.next_poll_at = None
+        job.next_poll_at = job.claim_at = None
         job.push_due = False
+        job.progress_samples = job.expected_finish_at = None
     else:
-        job.poll_interval = next_poll_interval(
-            job.poll_interval,
-            # A poll a push asked for that found the job unfinished: the next one at the minimum.
-            changed=decision.changed or via == "push",
-            minimum=settings.poll_interval_min,
-            maximum=settings.poll_interval_max,
-        )
-        # Jittered, then kept within [MIN, MAX] (SPEC §5), and never later than the deadline, so a
-        # job expires on time.
-        wait = min(settings.poll_interval_max, max(settings.poll_interval_min, jittered(job.poll_interval)))
-        job.next_poll_at = min(now + timedelta(seconds=wait), job.expires_at)
+        _schedule(job, decision, now, settings, pushed=via == "push")
     job.locked_until = None
     job.lease_token = None
     events = [

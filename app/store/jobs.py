@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
+from app import scheduling
 from app.config import Settings
 from app.db import Database
 from app.errors import JobNotFound, NothingToRedeliver
@@ -55,6 +56,7 @@ INSERT_JOBS = sa.insert(JOB_TABLE).returning(JOB_TABLE.c.id)
 
 
 def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str, Any]:
+    queued = scheduling.PollClass.QUEUED  # pending: its first poll is claimed after running jobs
     return {
         "video_model_id": spec.video_model_id,
         "status": JobStatus.PENDING.value,
@@ -65,6 +67,8 @@ def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str,
         "updated_at": now,
         "expires_at": now + timedelta(seconds=settings.job_timeout),
         "next_poll_at": now,  # poll it right away
+        "poll_class": int(queued),
+        "claim_at": scheduling.claim_at(now, queued, settings.poll_interval_max),
         "poll_interval": settings.poll_interval_min,
         "poll_count": 0,
         "not_found_count": 0,

@@ -1,10 +1,19 @@
-"""The poller's SQL: claim due jobs by lease, give them back, lock the rows a poll batch writes."""
+"""The poller's SQL: claim due jobs by lease, give them back, lock the rows a poll batch writes.
+
+The claim's order (SPEC §5, app/scheduling.py): the jobs a push made due first (a partial index of a
+few rows), then by `claim_at` = next_poll_at + class × MAX over the classes finish passed, running,
+queued. That second order is one statement, the same on every replica: one index range per class
+(`ix_job_poll_class_next_poll_at`: within a class claim_at follows next_poll_at, so each range is
+read earliest due first and stops after n rows), merged by claim_at. At most 3n rows are read and
+sorted, however many are due.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +21,7 @@ from sqlmodel import col
 
 from app.db import Database
 from app.models import Job
+from app.scheduling import PollClass
 from app.store import leases
 
 
@@ -27,22 +37,22 @@ class ClaimedJob:
 async def claim_due(
     db: Database, n: int, now: datetime, lease_seconds: float, *, expiring_only: bool, probe: bool
 ) -> list[ClaimedJob]:
-    """Lease up to `n` due jobs: those a push made due first, then the earliest due.
+    """Lease up to `n` due jobs: those a push made due first, then by priority (`by_priority`).
 
     `expiring_only`: only jobs past their deadline (polling is paused, but jobs still expire on time);
     `probe`: one more due job besides, whose poll finds out whether Akool accepts us again.
     """
     due = sa.select(col(Job.id)).where(col(Job.next_poll_at) <= now, leases.lease_free(Job, now))
     earliest = col(Job.next_poll_at)
-    batches = []
+    batches: list[Callable[[int], sa.Select[Any]]] = []
     if expiring_only:
-        batches.append(due.where(col(Job.expires_at) <= now).order_by(earliest).limit(n))
+        batches.append(lambda k: due.where(col(Job.expires_at) <= now).order_by(earliest).limit(k))
         if probe:
-            batches.append(due.order_by(earliest).limit(1))
+            batches.append(lambda k: due.order_by(earliest).limit(1))
     else:
-        # Two index scans, not one sort: the pushed jobs (a partial index of a few rows), then the rest.
-        batches.append(due.where(col(Job.push_due)).order_by(earliest).limit(n))
-        batches.append(due.order_by(earliest).limit(n))
+        # Index scans, not one sort: the pushed jobs (a partial index of a few rows), then the rest.
+        batches.append(lambda k: due.where(col(Job.push_due)).order_by(earliest).limit(k))
+        batches.append(lambda k: by_priority(now, k))
     claimed: list[ClaimedJob] = []
     returning = [Job.id, Job.video_model_id, Job.expires_at]
     async with db.write() as session:
@@ -52,13 +62,38 @@ async def claim_due(
             token, rows = await leases.claim(
                 session,
                 Job,
-                batch.limit(n - len(claimed)),
+                batch(n - len(claimed)),
                 now=now,
                 lease_seconds=lease_seconds,
                 returning=returning,
             )
             claimed.extend(ClaimedJob(r.id, r.video_model_id, r.expires_at, token, now) for r in rows)
     return claimed
+
+
+def by_priority(now: datetime, n: int) -> sa.Select[Any]:
+    """The ids of the first `n` due, unleased jobs by claim_at: the first n of each class (an index
+    range each, earliest due first, rows another replica is claiming skipped), merged.
+
+    PostgreSQL allows no FOR UPDATE over a UNION, so each class's range is a CTE that locks its own
+    rows; the outer SELECT (which `leases.claim` locks too) only picks among rows we already hold.
+    """
+    ranges = [
+        sa.select(col(Job.id), sa.func.coalesce(col(Job.claim_at), col(Job.next_poll_at)).label("claim_at"))
+        .where(
+            col(Job.poll_class) == int(klass),
+            col(Job.next_poll_at) <= now,
+            leases.lease_free(Job, now),
+        )
+        .order_by(col(Job.next_poll_at))
+        .limit(n)
+        .with_for_update(skip_locked=True)
+        .cte(f"due_class_{int(klass)}")
+        for klass in PollClass
+    ]
+    merged = sa.union_all(*(sa.select(r.c.id, r.c.claim_at) for r in ranges)).subquery("due")
+    first = sa.select(merged.c.id).order_by(merged.c.claim_at, merged.c.id).limit(n)
+    return sa.select(col(Job.id)).where(col(Job.id).in_(first))
 
 
 async def release(db: Database, items: Iterable[ClaimedJob]) -> None:

@@ -46,4 +46,6 @@ async def note_push(
         job.push_due, job.push_due_at = True, now
         if job.next_poll_at is None or job.next_poll_at > now:
             job.next_poll_at = now
+        if job.claim_at is None or job.claim_at > now:
+            job.claim_at = now  # ahead of its class too, should the pushed batch not take it
         return PushEffect.MADE_DUE

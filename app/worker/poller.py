@@ -204,7 +204,7 @@ class Poller:
             if pushed:
                 job.push_due = False
             elif job.push_due and job.next_poll_at is not None:
-                job.next_poll_at = now
+                job.next_poll_at = job.claim_at = now
             changes.extend((job.video_model_id, old, new) for old, new, _ in decision.transitions)
             if new_events:
                 created.append((job, new_events))

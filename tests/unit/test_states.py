@@ -242,7 +242,7 @@ def test_no_progress_event_unless_subscribed() -> None:
     d = run(view(JobStatus.PROCESSING, 10, events=("completed",)), seen(2, 20))
     assert d.events == []
     assert d.fields["progress"] == 20
-    assert d.changed  # still a change: the poll interval resets
+    assert d.changed  # still a change a client sees (updated_at), though the poll interval no longer resets
 
 
 def test_no_progress_event_outside_processing() -> None:
