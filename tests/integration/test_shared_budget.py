@@ -386,12 +386,12 @@ def peak_window(starts: list[float], window: float = WINDOW) -> int:
 
 
 async def three_replicas(
-    procs: RelayProcs, pg_db_url: str, sim: Simulator, sim_url: str
+    procs: RelayProcs, pg_db_url: str, sim: Simulator, sim_url: str, **overrides: Any
 ) -> list[RelayProcess]:
     ids = [f"budget-{i:03d}" for i in range(JOBS)]
     for vid in ids:
         sim.script(vid, queue_seconds=1e9)  # queueing forever: every job stays due
-    env = relay_env(pg_db_url, sim_url, **SETTINGS)
+    env = relay_env(pg_db_url, sim_url, **{**SETTINGS, **overrides})
     replicas = list(await asyncio.gather(*(procs.start(f"replica{i}", env) for i in range(3))))
     await asyncio.gather(
         *(
@@ -474,10 +474,10 @@ async def test_three_replicas_hold_and_use_one_budget_and_a_survivor_takes_it_al
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_1005_seen_by_one_replica_slows_all_of_them(pg_db_url: str, tmp_path: Path) -> None:
-    cooldown = SETTINGS["RELAY_THROTTLE_COOLDOWN"]
+    cooldown = 5.0  # long enough that the event loops' jitter under load does not decide the figure
     sim = Simulator(SimulatorConfig(api_key="test-key"))
     async with serve_in_background(sim.app) as sim_url, RelayProcs(tmp_path) as procs:
-        replicas = await three_replicas(procs, pg_db_url, sim, sim_url)
+        replicas = await three_replicas(procs, pg_db_url, sim, sim_url, RELAY_THROTTLE_COOLDOWN=cooldown)
         await asyncio.sleep(4.0)
         before = time.monotonic()
         # Throttle until the first 1005 is answered, then at once no more: one replica sees it.
@@ -488,23 +488,36 @@ async def test_a_1005_seen_by_one_replica_slows_all_of_them(pg_db_url: str, tmp_
         )
         sim.set_faults()
         hit = min(r.started for r in sim.requests[seen:] if r.code == 1005)
-        halved_row = await row(pg_db_url)
+        halved: list[dict[str, Any]] = []
+
+        async def halving_recorded() -> bool:
+            halved[:] = [await row(pg_db_url)]
+            return halved[0]["halved"] is not None
+
+        await wait_until(halving_recorded, 10, "the halving in the budget row", interval=0.01)
+        halved_row, read_at = halved[0], time.monotonic()
         throttled = [await r.metric("akool_relay_polls_total", outcome="throttled") for r in replicas]
-        await asyncio.sleep(3 * cooldown - (time.monotonic() - hit))
+        calm_at = read_at + halved_row["until"]  # when the rate doubles back (to the full budget)
+        await asyncio.sleep(calm_at + 3.0 - time.monotonic())
         recovered_row = await row(pg_db_url)
 
     rate_before = len(starts_between(sim, before - 3.0, before)) / 3.0
-    # From when the others could have heard of it (a lease's horizon) to the end of the cool-down.
-    during = starts_between(sim, hit + HORIZON + EXPIRY, hit + cooldown)
-    rate_during = len(during) / (cooldown - HORIZON - EXPIRY)
-    after = len(starts_between(sim, hit + 3 * cooldown - 2.0, hit + 3 * cooldown)) / 2.0
-    timeline = [len(starts_between(sim, hit + i / 2, hit + (i + 1) / 2)) for i in range(-4, 18)]
+    # From when every replica's slots of before the halving were spent (the row's halving, plus what
+    # may have been leased ahead and its expiry) to the end of the cool-down the row set.
+    halved_at = read_at + halved_row["halved"]
+    during = starts_between(sim, halved_at + HORIZON + EXPIRY, calm_at)
+    rate_during = len(during) / (calm_at - halved_at - HORIZON - EXPIRY)
+    after = len(starts_between(sim, calm_at + 1.0, calm_at + 3.0)) / 2.0
+    timeline = [
+        len(starts_between(sim, hit + i / 2, hit + (i + 1) / 2)) for i in range(-4, 2 * int(cooldown) + 6)
+    ]
     print(
         f"\nper half second from 2 s before the 1005: {timeline}"
         f"\n1005 answers seen per replica {throttled}; rate before {rate_before:.1f}/s, in the cool-down "
         f"{rate_during:.1f}/s (half the budget: {RATE / 2:.0f}/s; a per-process limiter would keep the "
         f"replicas that saw none at 2/3 of it, {RATE * 2 / 3:.0f}/s), after {after:.1f}/s; "
-        f"row rate during {halved_row}, after {recovered_row}"
+        f"row rate during {halved_row}, after {recovered_row}; the row halved {halved_at - hit:.2f} s after the "
+        f"1005's request started, its cool-down ended {calm_at - hit:.2f} s after it"
     )
     assert sum(throttled) >= 1 and 0 in throttled, "the fault was meant for one replica's request only"
     assert halved_row["rate"] == RATE / 2 and halved_row["until"] is not None
