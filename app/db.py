@@ -112,14 +112,20 @@ class Database:
             self.read_engine = self._sqlite_engine(immediate=False)
         else:
             self.engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+                self.url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_pre_ping=True,
+                # Parameters carry the generated webhook secret and clients' metadata: never in an
+                # error message or a log line.
+                hide_parameters=True,
             )
             self.read_engine = self.engine
         self._write = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     def _sqlite_engine(self, *, immediate: bool) -> AsyncEngine:
-        engine = create_async_engine(self.url, connect_args={"timeout": 30})
+        engine = create_async_engine(self.url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

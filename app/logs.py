@@ -36,7 +36,8 @@ LogFormat = Literal["text", "json"]  # Settings.log_format; the functions take a
 FORMATS: tuple[str, ...] = ("text", "json")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-NOISY_LOGGERS = ("httpx", "apscheduler", "alembic.runtime.plugins")  # a line per request or tick
+# A line per request or tick; aiosqlite's DEBUG lines carry every statement's parameters.
+NOISY_LOGGERS = ("httpx", "apscheduler", "alembic.runtime.plugins", "aiosqlite")
 
 # Attributes every LogRecord has (3.12 adds taskName), plus what Formatter.format adds. Anything else on
 # a record came from `extra=`.

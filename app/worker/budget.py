@@ -77,6 +77,10 @@ class Budget(Protocol):
     def throttled(self) -> bool:
         """The rate in force is below the configured one (a 1005 slowed it down)."""
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot now (the poller claims no more than the next moment's slots)."""
+
     async def acquire(self) -> None:
         """Wait for a request slot; call it before every Akool request."""
 
@@ -120,6 +124,7 @@ class LocalBudget:
         self._halved_at = -math.inf
         self._next_slot = clock()
         self._lock = asyncio.Lock()
+        self._waiting = 0
 
     @property
     def rate(self) -> float:
@@ -132,20 +137,28 @@ class LocalBudget:
     def throttled(self) -> bool:
         return self.rate < self.base_rate
 
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
     async def acquire(self) -> None:
         """Wait for the next request slot (slots are 1/rate apart).
 
         A slot is taken only when it is due, never reserved ahead: a slow-down then applies to
         every waiting request at once, not after a backlog of slots booked at the old rate.
         """
-        while True:
-            async with self._lock:
-                now = self._clock()
-                if now >= self._next_slot:
-                    self._next_slot = now + 1.0 / self.rate
-                    return
-                wait = self._next_slot - now
-            await asyncio.sleep(wait)
+        self._waiting += 1
+        try:
+            while True:
+                async with self._lock:
+                    now = self._clock()
+                    if now >= self._next_slot:
+                        self._next_slot = now + 1.0 / self.rate
+                        return
+                    wait = self._next_slot - now
+                await asyncio.sleep(wait)
+        finally:
+            self._waiting -= 1
 
     def slow_down(self) -> None:
         """Halve the rate on a 1005; the answers of one burst (all in flight together) count once."""
@@ -186,6 +199,7 @@ class SharedBudget:
         self._halved_at = -math.inf
         self._slots: deque[float] = deque()  # local times of leased slots nobody has taken yet
         self._queued = 0  # requests waiting without a slot
+        self._sleeping = 0  # requests holding a slot whose time has not come
         self._taken: deque[float] = deque()  # when slots were taken in the last second (demand)
         self._lease_lock = asyncio.Lock()
         self._retry_at = -math.inf  # a refused lease: no new one before this
@@ -213,6 +227,10 @@ class SharedBudget:
         """Slots leased and not yet taken."""
         return len(self._slots)
 
+    @property
+    def waiting(self) -> int:
+        return self._queued + self._sleeping
+
     async def acquire(self) -> None:
         self._queued += 1
         try:
@@ -230,8 +248,12 @@ class SharedBudget:
                     await self._lease(self._want())
         finally:
             self._queued -= 1
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        if slot > now:  # a slot leased ahead: still waiting for it
+            self._sleeping += 1
+            try:
+                await asyncio.sleep(slot - now)
+            finally:
+                self._sleeping -= 1
 
     def _take(self, now: float) -> float | None:
         while self._slots and self._slots[0] + EXPIRY < now:

@@ -99,9 +99,11 @@ class Poller:
         await self.health.refresh()
 
     async def claim(self, n: int) -> list[ClaimedJob]:
-        # Claim no more than the rate limiter lets out in the next moment: a claimed job waits in
-        # memory for its request slot, and one a push makes due must not queue behind many such.
-        n = min(n, max(1, math.ceil(self.limiter.rate * CLAIM_HORIZON)))
+        # Claim no more than the budget lets out in the next moment, counting the requests already
+        # waiting for a slot: a job a push makes due must not queue in memory behind claimed ones.
+        n = min(n, max(1, math.ceil(self.limiter.rate * CLAIM_HORIZON)) - self.limiter.waiting)
+        if n <= 0:
+            return []  # a finished poll wakes the pump, and the claim runs again then
         probe = False
         if self.health.paused and time.monotonic() >= self._probe_after:
             # Akool refuses our credentials: poll nothing but one probe per interval, to notice
