@@ -1,5 +1,9 @@
 """Callback delivery (SPEC §4) over real HTTP on loopback: retries, 410, dead and redeliver, order per
 job, redirects, Retry-After, timeouts, what every callback carries, and an outbox that survives a restart.
+
+Most tests drive the relay's loops one step at a time (`driven=True`): `poll()` and `deliver()` below run
+`poll_due_jobs()` / `deliver_due()` once, and the simulated jobs move on `sim_clock`. Polls and retries
+are planned 1 ms ahead (DUE_AT_ONCE), so whatever a step left to do again is due at the next one.
 """
 
 from __future__ import annotations
@@ -14,20 +18,72 @@ from itertools import groupby
 from typing import Any
 
 from app.sandbox.receiver import Behaviour, Receiver
-from app.sandbox.simulator import FAILED_ERROR_CODE, FAILED_REASON, Simulator
+from app.sandbox.simulator import FAILED_ERROR_CODE, FAILED_REASON, ManualClock, Simulator
 from tests.support.receivers import attempt_codes, scripted
-from tests.support.relay import RelayFactory, register, wait_job
+from tests.support.relay import RelayFactory, RunningRelay, register, wait_job
+
+# Polls and retries planned 1 ms ahead: what a step leaves to do again is due at the next step.
+DUE_AT_ONCE: dict[str, Any] = {
+    "RELAY_POLL_INTERVAL_MIN": 0.001,
+    "RELAY_POLL_INTERVAL_MAX": 0.001,
+    "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001",
+}
+LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
+PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
+
+
+async def poll(r: RunningRelay) -> int:
+    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.poll_due_jobs()
+
+
+async def deliver(r: RunningRelay) -> int:
+    """One delivery step (deliver_due), once what the last step planned 1 ms ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.deliver_due()
+
+
+async def drain(r: RunningRelay, limit: int = 50) -> int:
+    """Delivery steps until nothing is due (every event delivered or dead); returns how many were sent."""
+    sent = 0
+    for _ in range(limit):
+        if not (n := await deliver(r)):
+            return sent
+        sent += n
+    raise AssertionError(f"events were still due after {limit} delivery steps")
+
+
+async def finish(r: RunningRelay, clock: ManualClock) -> None:
+    """Poll the one job registered just now to its end: queueing, then (past its end) completed or failed."""
+    assert await poll(r) == 1
+    clock.advance(PAST_THE_END)
+    assert await poll(r) == 1
+
+
+async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
+    response = await r.client.get(f"/jobs/{video_model_id}")
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
 
 # -- outcomes ------------------------------------------------------------------------------------
 
 
 async def test_failed_job_is_called_back_with_the_error(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
-    async with start_relay() as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "fail-delivery-1", hook_url)
-        job = await wait_job(r.client, "fail-delivery-1", lambda j: j["delivery"] == "delivered")
+        await finish(r, sim_clock)
+        assert await deliver(r) == 1
+        job = await detail(r, "fail-delivery-1")
+    assert job["delivery"] == "delivered"
     assert job["status"] == "failed"
     [callback] = rec.accepted
     assert callback.verified
@@ -46,13 +102,22 @@ async def test_failed_job_is_called_back_with_the_error(
 
 
 async def test_retries_until_accepted_with_the_same_webhook_id(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=3, fail_status=500)
-    async with start_relay(RELAY_RETRY_SCHEDULE="0.1,0.1,0.1") as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "vid-retry-1", hook_url)
-        job = await wait_job(r.client, "vid-retry-1", lambda j: j["delivery"] == "delivered")
+        await finish(r, sim_clock)
+        for attempt in range(1, 4):
+            assert await deliver(r) == 1
+            job = await detail(r, "vid-retry-1")
+            assert job["delivery"] == "retrying" and len(rec.attempts) == attempt, job
+        assert await drain(r) == 1
+        job = await detail(r, "vid-retry-1")
     assert len(rec.accepted) == 1
     assert len(rec.attempts) == 4
     assert {a.webhook_id for a in rec.attempts} == {rec.accepted[0].webhook_id}
@@ -68,19 +133,28 @@ async def test_retries_until_accepted_with_the_same_webhook_id(
     assert job["delivery"] == "delivered"
 
 
-async def test_410_gone_stops_at_once(start_relay: RelayFactory, receiver: tuple[Receiver, str]) -> None:
+async def test_410_gone_stops_at_once(
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
+) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(status=410)
-    async with start_relay(RELAY_RETRY_SCHEDULE="0.1,0.1,0.1") as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "vid-gone-1", hook_url)
-        job = await wait_job(r.client, "vid-gone-1", lambda j: j["delivery"] == "dead")
+        await finish(r, sim_clock)
+        assert await deliver(r) == 1
+        job = await detail(r, "vid-gone-1")
+        assert job["delivery"] == "dead"
         [delivery] = job["deliveries"]
         assert delivery["state"] == "dead"
         assert delivery["next_attempt_at"] is None
         assert attempt_codes(job) == [410]
-        # Well past the whole schedule (0.3 s plus jitter): nothing more went out.
-        await asyncio.sleep(0.6)
-        again = (await r.client.get("/jobs/vid-gone-1")).json()
+        # Well past the whole schedule (3 ms plus jitter), step after step: nothing more goes out.
+        assert await drain(r) == 0
+        assert [await deliver(r) for _ in range(3)] == [0, 0, 0]
+        again = await detail(r, "vid-gone-1")
     assert len(rec.attempts) == 1
     assert rec.accepted == []
     assert attempt_codes(again) == [410]
@@ -88,13 +162,19 @@ async def test_410_gone_stops_at_once(start_relay: RelayFactory, receiver: tuple
 
 
 async def test_dead_after_the_schedule_then_redeliver(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(status=500)
-    async with start_relay(RELAY_RETRY_SCHEDULE="0.1,0.1") as r:
+    async with start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r:
         await register(r, "vid-dead-1", hook_url)
-        job = await wait_job(r.client, "vid-dead-1", lambda j: j["delivery"] == "dead")
+        await finish(r, sim_clock)
+        assert await drain(r) == 3  # the first attempt and the two retries of the schedule
+        job = await detail(r, "vid-dead-1")
+        assert job["delivery"] == "dead"
         assert attempt_codes(job) == [500, 500, 500]
         assert job["deliveries"][0]["state"] == "dead"
         assert len(rec.attempts) == 3 and rec.accepted == []
@@ -109,8 +189,9 @@ async def test_dead_after_the_schedule_then_redeliver(
         assert redelivered.status_code == 202, redelivered.text
         assert redelivered.json()["webhook_id"] == webhook_id
         assert redelivered.json()["type"] == "job.completed"
-        await rec.wait_for(lambda x: len(x.accepted) == 1, timeout=5)
-        job = await wait_job(r.client, "vid-dead-1", lambda j: j["delivery"] == "delivered")
+        assert await drain(r) == 1
+        job = await detail(r, "vid-dead-1")
+        assert job["delivery"] == "delivered"
     [callback] = rec.accepted
     assert callback.webhook_id == webhook_id
     assert callback.body == rec.attempts[0].body
@@ -154,18 +235,32 @@ def check_order(rec: Receiver, video_model_id: str, metadata: dict[str, Any]) ->
     assert runs == [a.webhook_id for a in accepted]
 
 
+# Simulated seconds between polls, for a job queueing 0.3 s then processing 0.5 s: the first poll sees
+# queueing, the next processing at 10 %, two more see progress (40 %, 70 %), the last completed.
+LIFECYCLE = [0.35, 0.15, 0.15, PAST_THE_END]
+
+
 async def test_events_arrive_in_order_with_metadata_and_upstream(
-    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
-    sim, _ = simulator
+    sim, _ = stepped_simulator
     rec, hook_url = receiver
     sim.script("vid-order-1", queue_seconds=0.3, process_seconds=0.5)
     metadata = {"order": 42, "nested": {"tags": ["a", "b"], "ok": True}}
-    async with start_relay() as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "vid-order-1", hook_url, events=EVERY_STEP, metadata=metadata)
-        job = await wait_job(
-            r.client, "vid-order-1", lambda j: j["status"] == "completed" and j["delivery"] == "delivered"
-        )
+        # Each state's callback goes out before the next poll.
+        assert await poll(r) == 1 and await deliver(r) == 1
+        for seconds in LIFECYCLE:
+            sim_clock.advance(seconds)
+            assert await poll(r) == 1 and await deliver(r) == 1
+        assert await poll(r) == 0 and await deliver(r) == 0
+        job = await detail(r, "vid-order-1")
+    assert job["status"] == "completed" and job["delivery"] == "delivered"
+    assert shape([a.type for a in rec.accepted]) == "q p g g c"
     check_order(rec, "vid-order-1", metadata)
     assert len(rec.attempts) == len(rec.accepted)
     assert [d["webhook_id"] for d in job["deliveries"]] == [a.webhook_id for a in rec.accepted]
@@ -173,20 +268,32 @@ async def test_events_arrive_in_order_with_metadata_and_upstream(
 
 
 async def test_a_later_event_waits_for_an_earlier_one_being_retried(
-    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
-    sim, _ = simulator
+    sim, _ = stepped_simulator
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=2, fail_status=503)
     sim.script("vid-order-2", queue_seconds=0.3, process_seconds=0.5)
-    async with start_relay(RELAY_RETRY_SCHEDULE="0.1,0.1,0.1") as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "vid-order-2", hook_url, events=EVERY_STEP, metadata={"k": 1})
-        job = await wait_job(
-            r.client,
-            "vid-order-2",
-            lambda j: j["status"] == "completed" and j["delivery"] == "delivered",
-            timeout=15,
-        )
+        assert await poll(r) == 1 and await deliver(r) == 1  # queueing: 503
+        # Processing is written behind the unsettled queueing event: the next delivery step retries
+        # queueing, and sends nothing of processing.
+        sim_clock.advance(LIFECYCLE[0])
+        assert await poll(r) == 1 and await deliver(r) == 1
+        assert [a.type for a in rec.attempts] == ["job.queueing"] * 2
+        # The job runs to its end before anything more is delivered: five events wait in the outbox.
+        for seconds in LIFECYCLE[1:]:
+            sim_clock.advance(seconds)
+            assert await poll(r) == 1
+        job = await detail(r, "vid-order-2")
+        assert job["status"] == "completed" and len(job["deliveries"]) == 5, job
+        assert await drain(r) == 3 * 5 - 2  # each event two 503s and a 200, one event at a time
+        job = await detail(r, "vid-order-2")
+    assert job["status"] == "completed" and job["delivery"] == "delivered"
     check_order(rec, "vid-order-2", {"k": 1})
     # Each event: two 503s then the 200.
     assert set(Counter(a.webhook_id for a in rec.attempts).values()) == {3}
@@ -195,20 +302,25 @@ async def test_a_later_event_waits_for_an_earlier_one_being_retried(
 
 
 async def test_a_dead_event_no_longer_blocks_later_ones(
-    start_relay: RelayFactory, simulator: tuple[Simulator, str]
+    start_relay: RelayFactory, stepped_simulator: tuple[Simulator, str], sim_clock: ManualClock
 ) -> None:
-    sim, _ = simulator
-    # Completed is written (~0.3 s) while queueing is still being retried (until ~1 s).
-    sim.script("vid-unblock-1", queue_seconds=0.1, process_seconds=0.2)
-
     def answer(path: str, event_type: str) -> tuple[int, dict[str, str]]:
         return (500 if event_type == "job.queueing" else 200), {}
 
-    async with scripted(answer) as (rec, base_url), start_relay(RELAY_RETRY_SCHEDULE="0.5,0.5") as r:
+    async with (
+        scripted(answer) as (rec, base_url),
+        start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r,
+    ):
         await register(r, "vid-unblock-1", f"{base_url}/hook", events=["queueing", "completed"])
-        job = await wait_job(
-            r.client, "vid-unblock-1", lambda j: j["status"] == "completed" and j["delivery"] == "delivered"
-        )
+        assert await poll(r) == 1 and await deliver(r) == 1  # queueing: 500, retrying
+        # Completed is written while queueing is still being retried.
+        sim_clock.advance(PAST_THE_END)
+        assert await poll(r) == 1
+        assert await deliver(r) == 1 and await deliver(r) == 1  # queueing again, twice: dead
+        assert [h.type for h in rec.hits] == ["job.queueing"] * 3
+        assert await drain(r) == 1  # now completed goes
+        job = await detail(r, "vid-unblock-1")
+    assert job["status"] == "completed" and job["delivery"] == "delivered"
     queueing, completed = job["deliveries"]
     assert queueing["type"] == "job.queueing" and queueing["state"] == "dead"
     assert [a["status_code"] for a in queueing["attempts"]] == [500, 500, 500]
@@ -224,7 +336,9 @@ async def test_a_dead_event_no_longer_blocks_later_ones(
 # -- what counts as an answer --------------------------------------------------------------------
 
 
-async def test_redirects_are_failures_and_not_followed(start_relay: RelayFactory) -> None:
+async def test_redirects_are_failures_and_not_followed(
+    start_relay: RelayFactory, stepped_simulator: tuple[Simulator, str], sim_clock: ManualClock
+) -> None:
     locations: list[str] = []
 
     def answer(path: str, event_type: str) -> tuple[int, dict[str, str]]:
@@ -232,23 +346,45 @@ async def test_redirects_are_failures_and_not_followed(start_relay: RelayFactory
             return 302, {"location": locations[0]}
         return 200, {}
 
-    async with scripted(answer) as (rec, base_url), start_relay(RELAY_RETRY_SCHEDULE="0.1,0.1") as r:
+    async with (
+        scripted(answer) as (rec, base_url),
+        start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r,
+    ):
         locations.append(f"{base_url}/target")
         await register(r, "vid-redirect-1", f"{base_url}/hook")
-        job = await wait_job(r.client, "vid-redirect-1", lambda j: j["delivery"] == "dead")
+        await finish(r, sim_clock)
+        assert await drain(r) == 3
+        job = await detail(r, "vid-redirect-1")
+    assert job["delivery"] == "dead"
     assert [h.path for h in rec.hits] == ["hook"] * 3  # the target never got it
     assert attempt_codes(job) == [302, 302, 302]
     assert all(a["error"] == "HTTP 302" for a in job["deliveries"][0]["attempts"])
 
 
 async def test_retry_after_asking_for_longer_is_honoured(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=1, fail_status=503, retry_after="2")
-    async with start_relay(RELAY_RETRY_SCHEDULE="0.1") as r:
+    async with start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001"}) as r:
         await register(r, "vid-retry-after-1", hook_url)
-        job = await wait_job(r.client, "vid-retry-after-1", lambda j: j["delivery"] == "delivered")
+        await finish(r, sim_clock)
+        assert await deliver(r) == 1  # 503, Retry-After: 2
+        # The schedule's 1 ms has passed; the receiver asked for 2 s, and gets them.
+        assert await deliver(r) == 0
+        [delivery] = (await detail(r, "vid-retry-after-1"))["deliveries"]
+        [failed] = delivery["attempts"]
+        planned = datetime.fromisoformat(delivery["next_attempt_at"]) - datetime.fromisoformat(failed["at"])
+        assert 2 <= planned.total_seconds() < 2.1, planned
+        # The relay's clock is the wall clock: wait until the retry is due, then step.
+        due = datetime.fromisoformat(delivery["next_attempt_at"]).timestamp()
+        await asyncio.sleep(max(0.0, due - time.time()))
+        assert await deliver(r) == 1
+        job = await detail(r, "vid-retry-after-1")
+    assert job["delivery"] == "delivered"
     first, second = rec.attempts
     assert first.webhook_id == second.webhook_id
     gap = second.at - first.at
@@ -257,6 +393,8 @@ async def test_retry_after_asking_for_longer_is_honoured(
 
 
 async def test_a_slow_receiver_times_out(start_relay: RelayFactory, receiver: tuple[Receiver, str]) -> None:
+    # On real time, with the loops running: the subject is the wall-clock timeout of a send the
+    # background outbox started, and a retry it schedules and sends by itself.
     rec, hook_url = receiver
     rec.behaviour = Behaviour(delay=2)  # four times the timeout; any answer would mean no timeout
     # The retry waits 0.5 s, time enough to make the receiver quick before it comes.
@@ -286,19 +424,18 @@ def unused_port() -> int:
 
 
 async def test_a_pending_retry_survives_a_restart(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
     down_url = f"http://127.0.0.1:{unused_port()}/hook"  # nothing listens there: the receiver is down
-    # Retries a second apart: the first relay stops before the next one (and if it does not, the
-    # event is still retrying when the second relay starts).
-    async with start_relay(RELAY_RETRY_SCHEDULE="1,1,1") as first:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as first:
         await register(first, "vid-restart-1", down_url, metadata={"run": 1})
-        job = await wait_job(
-            first.client,
-            "vid-restart-1",
-            lambda j: bool(j["deliveries"] and j["deliveries"][0]["attempts"]),
-        )
+        await finish(first, sim_clock)
+        assert await deliver(first) == 1  # refused: a retry is written, and the relay stops before it
+        job = await detail(first, "vid-restart-1")
     stopped_at = time.time()
     [delivery] = job["deliveries"]
     assert delivery["state"] == "retrying" and delivery["next_attempt_at"] is not None
@@ -308,17 +445,17 @@ async def test_a_pending_retry_survives_a_restart(
 
     # A new relay on the same database: the callback URL now points at the live receiver, and the
     # retry written by the first relay goes out when due, without a redeliver.
-    async with start_relay(RELAY_RETRY_SCHEDULE="0.1,0.1,0.1") as second:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as second:
         patched = await second.client.patch("/jobs/vid-restart-1", json={"callback_url": hook_url})
         assert patched.status_code == 200, patched.text
-        await rec.wait_for(lambda x: len(x.accepted) == 1, timeout=8)
-        job = await wait_job(second.client, "vid-restart-1", lambda j: j["delivery"] == "delivered")
+        assert await drain(second) == 1
+        job = await detail(second, "vid-restart-1")
+    assert job["delivery"] == "delivered"
     [callback] = rec.accepted
     assert callback.at >= stopped_at
     assert callback.webhook_id == delivery["webhook_id"]
     assert callback.type == "job.completed"
     assert callback.body["data"]["metadata"] == {"run": 1}
     assert callback.body["data"]["upstream"]["video_status"] == 3
-    codes = attempt_codes(job)
-    assert codes[0] is None and codes[-1] == 200
+    assert attempt_codes(job) == [None, 200]
     assert job["deliveries"][0]["webhook_id"] == delivery["webhook_id"]

@@ -1,6 +1,9 @@
 """New events handed from the poll transaction straight to the outbox (Outbox.lease_new / hand_over):
 order per job still holds (SPEC §4), nothing is lost when the outbox has no free slot, and a handed-over
 event is recorded like a claimed one. Real simulator, receiver and databases, over loopback HTTP.
+
+On real time, with the loops running: the hand-over is the subject, and a driven relay has none (its
+outbox has no room for adoption, so every new event waits for a `deliver_due()` claim).
 """
 
 from __future__ import annotations

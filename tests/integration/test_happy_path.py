@@ -1,27 +1,48 @@
-"""A job goes from registered to a verified, signed callback, over real HTTP on loopback."""
+"""A job goes from registered to a verified, signed callback, over real HTTP on loopback.
+
+The relay's loops are driven one step at a time; the simulated job moves on a manual clock.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from standardwebhooks import Webhook
 
 from app.sandbox.receiver import Receiver
+from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.env import WEBHOOK_SECRET
-from tests.support.relay import RelayFactory, wait_job
+from tests.support.relay import RelayFactory, RunningRelay
+
+LATER = 0.002  # seconds: past a poll planned 0.001 s ahead, jitter included
+
+
+async def poll(r: RunningRelay) -> int:
+    """One poll step, once what the last one planned 0.001 s ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.poll_due_jobs()
 
 
 async def test_completed_job_is_called_back_signed(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
-    async with start_relay() as r:
+    async with start_relay(driven=True, RELAY_POLL_INTERVAL_MIN=0.001, RELAY_POLL_INTERVAL_MAX=0.001) as r:
         created = await r.client.post(
             "/jobs", json={"video_model_id": "vid-ok-1", "callback_url": hook_url, "metadata": {"order": 7}}
         )
         assert created.status_code == 201, created.text
         assert created.json()["status"] == "pending"
-        job = await wait_job(r.client, "vid-ok-1", lambda j: j["delivery"] == "delivered")
+        assert await poll(r) == 1  # queueing: not an event this job asked for
+        assert await r.relay.deliver_due() == 0
+        sim_clock.advance(1)  # past queueing (0.2 s) and processing (0.4 s)
+        assert await poll(r) == 1
+        assert await r.relay.deliver_due() == 1
+        job = (await r.client.get("/jobs/vid-ok-1")).json()
     [callback] = rec.accepted
     assert callback.verified
     Webhook(WEBHOOK_SECRET).verify(json.dumps(callback.body, separators=(",", ":")), callback.headers)
