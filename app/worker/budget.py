@@ -22,10 +22,11 @@ How the shared budget keeps SPEC §5's promises:
 - The slots of all replicas are one sequence 1/rate apart, so any window of T seconds holds at most
   rate × (T + EXPIRY) + 1 requests: a 5 s window is over the budget by 2 % plus the one token, and
   by network jitter, never by what the replicas hold.
-- An idle replica leases nothing; a replica with waiting requests leases only what they need (at most
-  a slice), so a replica that stops polling (killed or idle) leaves the whole rate to the others
-  within HORIZON. A static split (rate / replicas each) would leave two thirds of the budget unused
-  when two of three replicas stop; the test's negative check shows it.
+- An idle replica leases nothing; a replica with waiting requests leases what they need, or its pace
+  of the last second scaled to a slice when that is more (at most a slice), so a replica that stops
+  polling (killed or idle) leaves the whole rate to the others within HORIZON. A static split
+  (rate / replicas each) would leave two thirds of the budget unused when two of three replicas
+  stop; tests/integration/test_shared_budget.py's negative check shows it.
 - A 1005 seen by any replica halves the row's rate (1005s within SLOWDOWN_DEBOUNCE halve it once,
   whichever replicas saw them) and starts the cool-down in the row; every replica's next lease is at
   the new rate, within HORIZON. The replica that saw it drops the slots it held at once.

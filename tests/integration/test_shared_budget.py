@@ -127,7 +127,8 @@ async def test_first_lease_makes_the_row_and_grants_within_the_horizon(pg_db_url
         after = await row(pg_db_url)
         assert after["tokens"] >= -RATE * HORIZON - 1e-9 and after["refilled"] <= 0
         print(
-            f"\nleased {granted} slots in {elapsed * 1000:.0f} ms, then refused; a single slot: {small.granted}"
+            f"\nleased {granted} slots in {elapsed * 1000:.0f} ms, then refused; "
+            f"a single slot: {small.granted}"
         )
     finally:
         await store.close()
@@ -190,7 +191,8 @@ async def test_the_row_doubles_back_once_per_quiet_cooldown(pg_db_url: str) -> N
         # Slowed to an eighth; the cool-down ended 1.5 cool-downs ago: two doublings, the next planned.
         await set_row(
             pg_db_url,
-            f"rate = {RATE / 8}, throttled_until = (clock_timestamp() AT TIME ZONE 'UTC') - interval '3 seconds'",
+            f"rate = {RATE / 8},"
+            " throttled_until = (clock_timestamp() AT TIME ZONE 'UTC') - interval '3 seconds'",
         )
         grant = await store.lease(terms(cooldown=2), want=0, min_grant=0, halve=False)
         assert grant.rate == RATE / 2
@@ -453,15 +455,18 @@ async def test_three_replicas_hold_and_use_one_budget_and_a_survivor_takes_it_al
         None,
     )
     print(
-        f"\n3 replicas at RELAY_AKOOL_RATE_LIMIT={RATE:.0f}: {len(every)} requests; worst {WINDOW:.0f} s window "
+        f"\n3 replicas at RELAY_AKOOL_RATE_LIMIT={RATE:.0f}: {len(every)} requests; "
+        f"worst {WINDOW:.0f} s window "
         f"{worst} (budget {budget:.0f}, {worst / budget:.0%}); sliding {WINDOW:.0f} s windows after warm-up "
         f"min {min(steady)} ({min(steady) / budget:.0%}), mean {sum(steady) / len(steady):.0f} "
         f"({sum(steady) / len(steady) / budget:.0%}), max {max(steady)}; polls per replica {polls}; "
         f"slots leased ahead at most {max(ahead):.2f} s worth ({len(ahead)} samples)\n"
-        f"two killed: the survivor's best 2 s within 5 s {reached:.1f}/s ({reached / RATE:.0%} of the budget), "
+        f"two killed: the survivor's best 2 s within 5 s {reached:.1f}/s "
+        f"({reached / RATE:.0%} of the budget), "
         f"first 1 s window at >= {SURVIVOR:.0%} ends {first_second_full} s after the kill; "
         f"survivor polls {survivor_polls:.0f}; its slots leased ahead, mean "
-        f"{sum(ahead_after) / max(1, len(ahead_after)):.2f} s (the horizon is {HORIZON} s); per second after the kill "
+        f"{sum(ahead_after) / max(1, len(ahead_after)):.2f} s (the horizon is {HORIZON} s); "
+        f"per second after the kill "
         f"{[sum(1 for t in after if killed + i <= t < killed + i + 1) for i in range(6)]}; row {budget_row}"
     )
     assert worst <= budget * OVER, worst
@@ -516,7 +521,8 @@ async def test_a_1005_seen_by_one_replica_slows_all_of_them(pg_db_url: str, tmp_
         f"\n1005 answers seen per replica {throttled}; rate before {rate_before:.1f}/s, in the cool-down "
         f"{rate_during:.1f}/s (half the budget: {RATE / 2:.0f}/s; a per-process limiter would keep the "
         f"replicas that saw none at 2/3 of it, {RATE * 2 / 3:.0f}/s), after {after:.1f}/s; "
-        f"row rate during {halved_row}, after {recovered_row}; the row halved {halved_at - hit:.2f} s after the "
+        f"row rate during {halved_row}, after {recovered_row}; "
+        f"the row halved {halved_at - hit:.2f} s after the "
         f"1005's request started, its cool-down ended {calm_at - hit:.2f} s after it"
     )
     assert sum(throttled) >= 1 and 0 in throttled, "the fault was meant for one replica's request only"
