@@ -1,8 +1,11 @@
 """The HTTP API of SPEC §3 over real HTTP, on SQLite and PostgreSQL: the dashboard (GET /jobs),
 bearer-token auth, and health, metrics and OpenAPI.
 
-Ids starting with `unknown` never exist at the simulator, so those jobs stay `pending` for the whole
-test (the not-found grace is the default 60 s); other ids complete within a second.
+Most relays here are driven (`driven=True`): nothing polls or delivers unless the test steps it with
+`poll()` / `deliver()` below, and simulated jobs move only on `sim_clock` (queueing 0.2 s, then
+processing 0.4 s). The tests that read /readyz keep a running relay: a driven one is not ready (its
+pollers are not running). Ids starting with `unknown` never exist at the simulator, so those jobs stay
+`pending` (the not-found grace is the default 60 s).
 """
 
 from __future__ import annotations
@@ -14,14 +17,32 @@ from typing import Any
 import httpx
 
 from app.sandbox.receiver import Receiver
+from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.api import DELIVERY_STATES, JOB_FIELDS, STATUSES, assert_field_error, is_utc
-from tests.support.relay import HOOK, RelayFactory, register, wait_job
+from tests.support.relay import HOOK, RelayFactory, RunningRelay, register
+
+# Polls planned 1 ms ahead: a job a step left unfinished is due again at the next step.
+DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
+LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
+PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
+
+
+async def poll(r: RunningRelay) -> int:
+    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.poll_due_jobs()
+
+
+async def deliver(r: RunningRelay) -> int:
+    """One delivery step (deliver_due)."""
+    return await r.relay.deliver_due()
+
 
 # -- GET /jobs ---------------------------------------------------------------------------------------
 
 
 async def test_list_is_newest_first_and_pages_with_a_cursor(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         ids = [f"unknown-page-{i}" for i in range(7)]
         for vid in ids:
             await register(r, vid)
@@ -57,17 +78,26 @@ async def test_list_is_newest_first_and_pages_with_a_cursor(start_relay: RelayFa
         assert [j["video_model_id"] for j in second["items"]] == ids[::-1][3:6]
 
 
-async def test_list_filters_by_status(start_relay: RelayFactory, receiver: tuple[Receiver, str]) -> None:
+async def test_list_filters_by_status(
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
+) -> None:
     _rec, hook_url = receiver
-    async with start_relay() as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "unknown-f1")
         await register(r, "vid-f2", hook_url)
         await register(r, "unknown-f3")
         await register(r, "vid-f4", hook_url)
         await register(r, "unknown-f5")
         await r.client.delete("/jobs/unknown-f5")
+        assert await poll(r) == 4  # the vid- ones start queueing, the unknown ones stay pending
+        sim_clock.advance(PAST_THE_END)
+        assert await poll(r) == 4
+        assert await deliver(r) == 2
         for vid in ("vid-f2", "vid-f4"):
-            await wait_job(r.client, vid, lambda j: j["status"] == "completed")
+            assert (await r.client.get(f"/jobs/{vid}")).json()["status"] == "completed"
 
         def ids(resp: httpx.Response) -> list[str]:
             assert resp.status_code == 200, resp.text
@@ -96,7 +126,7 @@ async def test_list_filters_by_status(start_relay: RelayFactory, receiver: tuple
 
 
 async def test_list_rejects_bad_queries(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         assert_field_error(await r.client.get("/jobs?status=done"), "status")
         assert_field_error(await r.client.get("/jobs?status=pending&status=bogus"), "status")
         for limit in ["0", "501", "-1", "ten", "1.5"]:
@@ -108,9 +138,14 @@ async def test_list_rejects_bad_queries(start_relay: RelayFactory) -> None:
             assert (await r.client.get("/jobs", params={"limit": limit})).status_code == 200
 
 
-async def test_list_summary(start_relay: RelayFactory, receiver: tuple[Receiver, str]) -> None:
+async def test_list_summary(
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
+) -> None:
     _rec, hook_url = receiver
-    async with start_relay() as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         empty = (await r.client.get("/jobs")).json()
         assert set(empty) == {"summary", "items", "next_cursor"}
         summary = empty["summary"]
@@ -123,8 +158,12 @@ async def test_list_summary(start_relay: RelayFactory, receiver: tuple[Receiver,
 
         await register(r, "unknown-s1")
         await register(r, "vid-s2", hook_url)
-        await wait_job(r.client, "vid-s2", lambda j: j["delivery"] == "delivered")
-        await asyncio.sleep(0.2)
+        assert await poll(r) == 2
+        sim_clock.advance(PAST_THE_END)
+        assert await poll(r) == 2
+        assert await deliver(r) == 1
+        assert (await r.client.get("/jobs/vid-s2")).json()["delivery"] == "delivered"
+        await asyncio.sleep(0.2)  # the age is of the wall clock: the oldest unfinished job is 0.2 s old
         summary = (await r.client.get("/jobs")).json()["summary"]
         assert summary["jobs"] == {**dict.fromkeys(STATUSES, 0), "pending": 1, "completed": 1}
         assert summary["deliveries"] == {**dict.fromkeys(DELIVERY_STATES, 0), "delivered": 1}
@@ -204,7 +243,7 @@ async def test_tokens_guard_every_route_but_health(start_relay: RelayFactory) ->
 
 
 async def test_without_tokens_the_api_is_open(start_relay: RelayFactory) -> None:
-    async with start_relay() as r, httpx.AsyncClient(base_url=r.base_url, timeout=10) as bare:
+    async with start_relay(driven=True) as r, httpx.AsyncClient(base_url=r.base_url, timeout=10) as bare:
         assert (await bare.get("/jobs")).status_code == 200
 
 
@@ -222,9 +261,10 @@ async def test_health_and_readiness(start_relay: RelayFactory) -> None:
 
 
 async def test_metrics_are_prometheus_text(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         await register(r, "unknown-metrics")
-        await wait_job(r.client, "unknown-metrics", lambda j: j["poll_count"] >= 1)
+        assert await r.relay.poll_due_jobs() == 1
+        assert (await r.client.get("/jobs/unknown-metrics")).json()["poll_count"] == 1
         resp = await r.client.get("/metrics")
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/plain")
@@ -238,7 +278,7 @@ async def test_metrics_are_prometheus_text(start_relay: RelayFactory) -> None:
 
 
 async def test_openapi_lists_every_route(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         resp = await r.client.get("/openapi.json")
         assert resp.status_code == 200
         paths = resp.json()["paths"]

@@ -1,15 +1,22 @@
 """The HTTP API of SPEC §3 over real HTTP, on SQLite and PostgreSQL: registering jobs (one at a
-time and in batches), then reading, changing, cancelling and redelivering one job.
+time, in batches, and twice at once), then reading, changing, cancelling and redelivering one job, and
+what a change does to the callbacks that follow.
 
-Ids starting with `unknown` never exist at the simulator, so those jobs stay `pending` for the whole
-test (the not-found grace is the default 60 s); other ids complete within a second.
+Every relay here is driven (`driven=True`): nothing polls or delivers unless the test steps it with
+`poll()` / `deliver()` below, and simulated jobs move only on `sim_clock` (queueing 0.2 s, then
+processing 0.4 s). Ids starting with `unknown` never exist at the simulator, so those jobs stay
+`pending` (the not-found grace is the default 60 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import httpx
 
 from app.sandbox.receiver import Receiver
+from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.api import (
     JOB_FIELDS,
     OTHER_HOOK,
@@ -19,13 +26,42 @@ from tests.support.api import (
     errors_of,
     is_utc,
 )
-from tests.support.relay import HOOK, RelayFactory, register, wait_job
+from tests.support.relay import HOOK, RelayFactory, RunningRelay, register, requests_for
+
+# Polls planned 1 ms ahead: a job a step left unfinished is due again at the next step.
+DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
+LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
+PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
+
+
+async def poll(r: RunningRelay) -> int:
+    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.poll_due_jobs()
+
+
+async def deliver(r: RunningRelay) -> int:
+    """One delivery step (deliver_due)."""
+    return await r.relay.deliver_due()
+
+
+async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
+    response = await r.client.get(f"/jobs/{video_model_id}")
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def received(rec: Receiver) -> list[tuple[str, Any]]:
+    """The accepted callbacks, in arrival order: (type, data.metadata)."""
+    return [(c.type, c.body["data"]["metadata"]) for c in rec.accepted]
+
 
 # -- POST /jobs: created, same, conflict -------------------------------------------------------------
 
 
 async def test_post_jobs_201_then_200_then_409(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         resp = await r.client.post(
             "/jobs",
             json={
@@ -66,7 +102,7 @@ async def test_post_jobs_201_then_200_then_409(start_relay: RelayFactory) -> Non
 
 
 async def test_post_jobs_keeps_chosen_events_deduplicated(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         job = await register(r, "unknown-ev", events=["progress", "completed", "progress"])
         assert job["events"] == ["progress", "completed"]
         assert job["metadata"] == {}
@@ -76,7 +112,7 @@ async def test_post_jobs_keeps_chosen_events_deduplicated(start_relay: RelayFact
 
 
 async def test_batch_gives_one_result_per_item_in_order(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         await register(r, "unknown-tracked", HOOK)
         items = [
             {"video_model_id": "unknown-b1", "callback_url": HOOK},  # new
@@ -107,7 +143,7 @@ async def test_batch_gives_one_result_per_item_in_order(start_relay: RelayFactor
 
 
 async def test_batch_limits(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         too_many = [{"video_model_id": f"unknown-{i}", "callback_url": HOOK} for i in range(1001)]
         assert_field_error(await r.client.post("/jobs/batch", json={"jobs": too_many}), "jobs")
         assert_field_error(await r.client.post("/jobs/batch", json={"jobs": []}), "jobs")
@@ -127,7 +163,7 @@ async def test_batch_limits(start_relay: RelayFactory) -> None:
 
 
 async def test_unknown_id_is_404_everywhere(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         assert_detail(await r.client.get("/jobs/nope"), 404)
         assert_detail(await r.client.patch("/jobs/nope", json={"metadata": {"a": 1}}), 404)
         assert_detail(await r.client.delete("/jobs/nope"), 404)
@@ -138,7 +174,7 @@ async def test_unknown_id_is_404_everywhere(start_relay: RelayFactory) -> None:
 
 
 async def test_patch_changes_callback_metadata_and_events(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         before = await register(r, "unknown-patch", metadata={"a": 1})
         resp = await r.client.patch("/jobs/unknown-patch", json={"callback_url": OTHER_HOOK})
         assert resp.status_code == 200, resp.text
@@ -175,7 +211,7 @@ async def test_patch_changes_callback_metadata_and_events(start_relay: RelayFact
 
 
 async def test_patch_rejects_bad_changes(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         await register(r, "unknown-bad-patch")
         url = "/jobs/unknown-bad-patch"
         assert_field_error(await r.client.patch(url, json={"status": "completed"}), "status")
@@ -194,42 +230,189 @@ async def test_patch_rejects_bad_changes(start_relay: RelayFactory) -> None:
         )
 
 
-async def test_delete_cancels_and_stops_polling(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+async def test_delete_cancels_and_stops_polling(
+    start_relay: RelayFactory, simulator: tuple[Simulator, str]
+) -> None:
+    sim, _ = simulator
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "unknown-del")
+        await register(r, "unknown-kept")  # still tracked: shows that a step does poll what is due
+        assert await poll(r) == 2
         resp = await r.client.delete("/jobs/unknown-del")
         assert resp.status_code == 204
         assert resp.content == b""
-        job = (await r.client.get("/jobs/unknown-del")).json()
+        job = await detail(r, "unknown-del")
         assert job["status"] == "cancelled"
         assert job["next_poll_at"] is None
         assert job["finished_at"] is not None
         assert [(t["from"], t["to"]) for t in job["transitions"]] == [("pending", "cancelled")]
-        polls = job["poll_count"]
-        await asyncio.sleep(0.5)
-        assert (await r.client.get("/jobs/unknown-del")).json()["poll_count"] == polls
+        polls, asked = job["poll_count"], len(requests_for(sim, "unknown-del"))
+        assert (polls, asked) == (1, 1)
+        for _ in range(3):  # both would be due again at every step; only the tracked one is polled
+            assert await poll(r) == 1
+        assert (await detail(r, "unknown-del"))["poll_count"] == polls
+        assert len(requests_for(sim, "unknown-del")) == asked
+        assert (await detail(r, "unknown-kept"))["poll_count"] == 4
         # deleting again changes nothing and is not an error
         assert (await r.client.delete("/jobs/unknown-del")).status_code == 204
-        assert (await r.client.get("/jobs/unknown-del")).json()["status"] == "cancelled"
+        assert (await detail(r, "unknown-del"))["status"] == "cancelled"
 
 
 async def test_redeliver_without_an_event_is_409(start_relay: RelayFactory) -> None:
-    async with start_relay() as r:
+    async with start_relay(driven=True) as r:
         await register(r, "unknown-r")
         detail = assert_detail(await r.client.post("/jobs/unknown-r/redeliver"), 409)
         assert "event" in detail
 
 
 async def test_redeliver_sends_the_latest_event_again(
-    start_relay: RelayFactory, receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
-    async with start_relay() as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "vid-redeliver", hook_url)
-        job = await wait_job(r.client, "vid-redeliver", lambda j: j["delivery"] == "delivered")
+        assert await poll(r) == 1  # queueing: not one of its events
+        sim_clock.advance(PAST_THE_END)
+        assert await poll(r) == 1  # completed
+        assert await deliver(r) == 1
+        job = await detail(r, "vid-redeliver")
+        assert job["delivery"] == "delivered"
         webhook_id = job["deliveries"][-1]["webhook_id"]
+        assert [c.webhook_id for c in rec.accepted] == [webhook_id]
+        assert await deliver(r) == 0  # delivered: nothing is due until it is asked for again
+
         resp = await r.client.post("/jobs/vid-redeliver/redeliver")
         assert resp.status_code == 202, resp.text
         assert resp.json()["webhook_id"] == webhook_id
-        await wait_job(r.client, "vid-redeliver", lambda j: len(j["deliveries"][-1]["attempts"]) >= 2)
+        assert await deliver(r) == 1
+        job = await detail(r, "vid-redeliver")
+        assert len(job["deliveries"][-1]["attempts"]) == 2
+        assert job["delivery"] == "delivered"
     assert [c.webhook_id for c in rec.accepted] == [webhook_id, webhook_id]
+
+
+# -- a change applies to the callbacks that follow ---------------------------------------------------
+
+
+async def test_patch_of_events_changes_which_callbacks_follow(
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
+) -> None:
+    rec, hook_url = receiver
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+        vid = "vid-patch-events"
+        await register(r, vid, hook_url, events=["queueing", "processing", "completed"])
+        assert await poll(r) == 1  # queueing
+        assert await deliver(r) == 1
+        assert [c.type for c in rec.accepted] == ["job.queueing"]
+
+        # processing out, progress in
+        resp = await r.client.patch(f"/jobs/{vid}", json={"events": ["progress", "completed"]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["events"] == ["progress", "completed"]
+
+        sim_clock.advance(0.3)  # processing, a quarter done
+        assert await poll(r) == 1
+        assert (await detail(r, vid))["status"] == "processing"
+        assert await deliver(r) == 0  # no job.processing: the job no longer asks for it
+        sim_clock.advance(0.1)  # processing, half done: the progress changed
+        assert await poll(r) == 1
+        assert await deliver(r) == 1
+        sim_clock.advance(PAST_THE_END)
+        assert await poll(r) == 1
+        assert await deliver(r) == 1
+        job = await detail(r, vid)
+        assert (job["status"], job["delivery"]) == ("completed", "delivered")
+    types = [c.type for c in rec.accepted]
+    assert types == ["job.queueing", "job.progress", "job.completed"]
+    assert [c.body["data"]["events"] for c in rec.accepted] == [
+        ["queueing", "processing", "completed"],
+        ["progress", "completed"],
+        ["progress", "completed"],
+    ]
+
+
+async def test_patch_of_metadata_changes_the_callbacks_that_follow(
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
+) -> None:
+    rec, hook_url = receiver
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+        vid = "vid-patch-metadata"
+        await register(r, vid, hook_url, events=["queueing", "completed"], metadata={"v": 1})
+        assert await poll(r) == 1  # queueing
+        assert await deliver(r) == 1
+        assert received(rec) == [("job.queueing", {"v": 1})]
+
+        changed = {"v": 2, "order": {"id": "A-17", "lines": [1, 2]}}
+        resp = await r.client.patch(f"/jobs/{vid}", json={"metadata": changed})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["metadata"] == changed
+
+        sim_clock.advance(PAST_THE_END)
+        assert await poll(r) == 1  # completed
+        assert await deliver(r) == 1
+    assert received(rec) == [("job.queueing", {"v": 1}), ("job.completed", changed)]
+
+
+# -- two registrations of one id at the same instant ---------------------------------------------------
+
+RACES = 10  # pairs, one after the other: each pair is sent at once
+
+
+async def _register_twice_at_once(
+    r: RunningRelay, video_model_id: str, first_url: str, second_url: str
+) -> list[httpx.Response]:
+    return list(
+        await asyncio.gather(
+            r.client.post("/jobs", json={"video_model_id": video_model_id, "callback_url": first_url}),
+            r.client.post("/jobs", json={"video_model_id": video_model_id, "callback_url": second_url}),
+        )
+    )
+
+
+async def _rows(r: RunningRelay) -> list[dict[str, Any]]:
+    body = (await r.client.get("/jobs", params={"limit": 500})).json()
+    assert body["next_cursor"] is None
+    items: list[dict[str, Any]] = body["items"]
+    return items
+
+
+async def test_one_id_registered_twice_at_once_with_one_url_is_201_and_200(
+    start_relay: RelayFactory,
+) -> None:
+    async with start_relay(driven=True) as r:
+        ids = [f"unknown-race-{i}" for i in range(RACES)]
+        for vid in ids:
+            answers = await _register_twice_at_once(r, vid, HOOK, HOOK)
+            assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+            created, same = sorted(answers, key=lambda a: a.status_code, reverse=True)
+            assert same.json() == created.json()  # the one job, as it was made
+        rows = await _rows(r)
+        assert sorted(j["video_model_id"] for j in rows) == sorted(ids)  # one row each
+        assert (await r.client.get("/jobs")).json()["summary"]["jobs"]["pending"] == RACES
+
+
+async def test_one_id_registered_twice_at_once_with_two_urls_is_201_and_409(
+    start_relay: RelayFactory,
+) -> None:
+    async with start_relay(driven=True) as r:
+        ids = [f"unknown-race-{i}" for i in range(RACES)]
+        for vid in ids:
+            answers = await _register_twice_at_once(r, vid, HOOK, OTHER_HOOK)
+            assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+            [created] = [a for a in answers if a.status_code == 201]
+            [conflict] = [a for a in answers if a.status_code == 409]
+            assert "callback_url" in assert_detail(conflict, 409)
+            winner = created.json()["callback_url"]
+            assert winner in (HOOK, OTHER_HOOK)
+            assert (await detail(r, vid))["callback_url"] == winner  # the loser changed nothing
+        rows = await _rows(r)
+        assert sorted(j["video_model_id"] for j in rows) == sorted(ids)  # one row each

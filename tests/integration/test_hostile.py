@@ -4,6 +4,11 @@ The schemathesis run talks to a relay served for real on loopback, with RELAY_AP
 bearer header sent. Its client is blocking (requests), so it runs in a worker thread while the event
 loop keeps serving the relay. Every operation gets positive and negative examples; each answer must
 not be a 5xx and must conform to the schema (declared status code, content type, body schema).
+
+The jobs it finds are seeded by a driven relay (`driven=True`, stepped, the simulator on `sim_clock`);
+the relay the fuzzer then talks to runs its loops for real on the same database, because a driven relay
+answers /readyz 503 (its pollers are not running) and a 5xx is a finding. The other relays here are
+driven: the tests only send requests.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from schemathesis.specs.openapi.checks import (
 
 from app.api.bodylimit import MAX_BODY_BYTES
 from app.sandbox.receiver import Behaviour, Receiver
-from app.sandbox.simulator import Simulator
-from tests.support.relay import RelayFactory, RunningRelay, wait_job
+from app.sandbox.simulator import ManualClock, Simulator
+from tests.support.relay import RelayFactory, RunningRelay
 
 TOKEN = "tok-hostile-7f3a9c"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -122,6 +127,9 @@ class _Fuzzer:
         self.findings.setdefault((label, mode, f"{response.status_code} {problem[:60]}"), finding)
 
     def run(self, strategy: Any, mode: str, examples: int) -> None:
+        if time.monotonic() > self.deadline:
+            return  # the budget is spent: examples that would not be sent only cost generation time
+
         @settings(
             max_examples=examples,
             deadline=None,
@@ -163,7 +171,29 @@ def _fuzz(openapi_url: str, base_url: str) -> FuzzReport:
     )
 
 
-async def _seed(r: RunningRelay, sim: Simulator, hook_url: str) -> None:
+# The seeding relay plans polls and callback retries 1 ms ahead: what a step leaves to do again is due
+# at the next one.
+DUE_AT_ONCE: dict[str, Any] = {
+    "RELAY_POLL_INTERVAL_MIN": 0.001,
+    "RELAY_POLL_INTERVAL_MAX": 0.001,
+    "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001",
+}
+LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
+# Simulated seconds between seeding polls, for jobs queueing 0.1 s then processing 0.2 s: queueing,
+# processing (a quarter done), processing (half done: a progress event), then past the end.
+SEED_STEPS = (0.0, 0.15, 0.05, 1.0)
+
+
+async def _drain(r: RunningRelay, limit: int = 50) -> None:
+    """Delivery steps until nothing is due (each failed attempt is retried 1 ms later)."""
+    for _ in range(limit):
+        await asyncio.sleep(LATER)
+        if not await r.relay.deliver_due():
+            return
+    raise AssertionError(f"events were still due after {limit} delivery steps")
+
+
+async def _seed(r: RunningRelay, sim: Simulator, clock: ManualClock, hook_url: str) -> None:
     """Jobs with transitions, failed and delivered attempts, so the answers have every shape."""
     sim.script("hostile-ok", queue_seconds=0.1, process_seconds=0.2)
     sim.script("hostile-fail", outcome="failed", queue_seconds=0.1, process_seconds=0.2)
@@ -178,23 +208,37 @@ async def _seed(r: RunningRelay, sim: Simulator, hook_url: str) -> None:
             },
         )
         assert created.status_code == 201, created.text
-    for vid in ("hostile-ok", "hostile-fail"):
-        await wait_job(r.client, vid, lambda j: j["finished_at"] and j["delivery"] == "delivered", timeout=20)
+    for seconds in SEED_STEPS:
+        clock.advance(seconds)
+        await asyncio.sleep(LATER)
+        assert await r.relay.poll_due_jobs() == 2
+        await _drain(r)
+    for vid, ending in (("hostile-ok", "job.completed"), ("hostile-fail", "job.failed")):
+        job = (await r.client.get(f"/jobs/{vid}")).json()
+        assert job["finished_at"] and job["delivery"] == "delivered", job
+        types = [d["type"] for d in job["deliveries"]]
+        assert types == ["job.queueing", "job.processing", "job.progress", ending], types
+        for delivery in job["deliveries"]:
+            assert [a["status_code"] for a in delivery["attempts"]] == [500, 200], delivery
 
 
 @pytest.fixture
 async def hostile_relay(
-    start_relay: RelayFactory, simulator: tuple[Simulator, str], receiver: tuple[Receiver, str]
+    start_relay: RelayFactory,
+    stepped_simulator: tuple[Simulator, str],
+    sim_clock: ManualClock,
+    receiver: tuple[Receiver, str],
 ) -> AsyncIterator[RunningRelay]:
-    sim, _ = simulator
+    sim, _ = stepped_simulator
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=1)  # every event has a failed attempt before it is delivered
+    async with start_relay(driven=True, RELAY_API_TOKENS=TOKEN, **DUE_AT_ONCE) as seeder:
+        await _seed(seeder, sim, sim_clock, hook_url)
+    # Jobs the fuzzer registers point at generated callback URLs: keep them from ever changing state
+    # (every poll is answered 1005, which also slows polling to a trickle; the simulated clock stands
+    # still as well), so nothing is sent to those hosts.
+    sim.set_faults(throttle=1.0)
     async with start_relay(RELAY_API_TOKENS=TOKEN, RELAY_AKOOL_RATE_LIMIT=20) as r:
-        await _seed(r, sim, hook_url)
-        # Jobs the fuzzer registers point at generated callback URLs: keep them from ever changing
-        # state (every poll is answered 1005, which also slows polling to a trickle), so nothing is
-        # sent to those hosts.
-        sim.set_faults(throttle=1.0)
         yield r
 
 
@@ -273,7 +317,7 @@ BODY_ROUTES = [("POST", "/jobs"), ("POST", "/jobs/batch"), ("PATCH", "/jobs/some
 
 @pytest.fixture
 async def guarded_relay(start_relay: RelayFactory) -> AsyncIterator[RunningRelay]:
-    async with start_relay(RELAY_API_TOKENS=TOKEN) as r:
+    async with start_relay(driven=True, RELAY_API_TOKENS=TOKEN) as r:
         yield r
 
 
