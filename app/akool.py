@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -195,8 +196,10 @@ class AkoolClient:
         *,
         create_http: Callable[[], httpx.AsyncClient] | None = None,
         acquire: Callable[[], Awaitable[None]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`create_http`: makes the client a create is sent with (default: a fresh one per create).
+        """`create_http`: makes the client a create is sent with (default: a fresh one per create,
+        with the `tls` context the other clients share).
         `acquire`: waits for a request slot of the Akool budget (app/worker/budget.py); awaited here
         before every getToken and infobymodelid request (a create waits for its own slot)."""
         self._settings = settings
@@ -208,6 +211,7 @@ class AkoolClient:
         self._token: str | None = None
         self._token_lock = asyncio.Lock()
         self._create_http = create_http or self._fresh_client
+        self._tls: ssl.SSLContext | bool = tls if tls is not None else True
         self._acquire = acquire or _no_wait
 
     @property
@@ -287,7 +291,9 @@ class AkoolClient:
     def _fresh_client(self) -> httpx.AsyncClient:
         # A new connection for every create: a kept-alive one the server has just closed would fail
         # after our bytes went out, and we could not tell whether Akool read them.
-        return httpx.AsyncClient(headers=self._http.headers, timeout=self._settings.akool_timeout)
+        return httpx.AsyncClient(
+            headers=self._http.headers, timeout=self._settings.akool_timeout, verify=self._tls
+        )
 
     async def create_translation(
         self,
