@@ -33,7 +33,8 @@ from app.worker.upstream import ANSWERED, HealthTracker
 
 log = logging.getLogger(__name__)
 
-CLAIM_HORIZON = 0.1  # seconds of request slots a claim takes at most
+# Seconds of request slots claimed jobs may wait for: a pushed job waits behind at most these.
+CLAIM_HORIZON = 0.2
 
 
 @dataclass(frozen=True)
