@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
     opts = p.parse_args(argv)
 
+    import asyncpg
     import sqlalchemy as sa
 
     from app.migrate import upgrade_to_head
@@ -400,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         results["after"] = asyncio.run(_check_after(url, opts.live))
         results["load_average"] = [round(x, 2) for x in os.getloadavg()]
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for _ in range(30):  # the server may be restarting (another run's test): wait for it
+            try:
+                asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except (OSError, asyncpg.PostgresError):
+                time.sleep(2)
     print(table(results))
     print(
         f"left: {results['after']['jobs_left']:,} jobs (the {opts.live:,} live ones); counts equal the rows: "

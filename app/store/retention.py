@@ -2,8 +2,8 @@
 
 A batch looks at the next `size` jobs by id (a primary-key range: as cheap on a table of 10^7 rows as
 on one of 10^3) and deletes those that may go: terminal, finished before the cutoff, and with no event
-still to be sent or retried. Children go first, one statement per table (attempts, events,
-transitions), then the jobs; the count triggers see every deleted row, as for any other DELETE.
+still to be sent or retried. Children go first, one statement per table (attempts, transitions,
+events), then the jobs; the count triggers see every deleted row, as for any other DELETE.
 
 Where a pass stops, with no index on `finished_at`: a job finishes after it was registered, and ids
 are handed out in registration order, so once a range reaches a job registered after the cutoff, no
@@ -104,10 +104,12 @@ async def delete_batch(session: AsyncSession, *, after: int, cutoff: datetime, s
         )
     if not picked:
         return Batch(Deleted(), last_id, more)
+    # Uncounted tables first: the counter rows the triggers lock (events, then jobs) are held from
+    # their first change to the commit, and other writers drawing the same shard wait for them.
     events_of_jobs = sa.select(col(Event.id)).where(col(Event.job_id).in_(picked))
     attempts = await _delete(session, sa.delete(Attempt).where(col(Attempt.event_id).in_(events_of_jobs)))
-    events = await _delete(session, sa.delete(Event).where(col(Event.job_id).in_(picked)))
     transitions = await _delete(session, sa.delete(Transition).where(col(Transition.job_id).in_(picked)))
+    events = await _delete(session, sa.delete(Event).where(col(Event.job_id).in_(picked)))
     jobs = await _delete(session, sa.delete(Job).where(col(Job.id).in_(picked)))
     return Batch(Deleted(jobs, transitions, events, attempts), last_id, more)
 
