@@ -31,15 +31,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+
 from benchmarks.common import API_KEY, BASE_ENV, WEBHOOK_SECRET, LagMonitor, ms, percentile, say
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/"
 AGE_DAYS = 100  # the old jobs finished this long ago; the relay keeps 90 (the default)
 COPY_CHUNK = 50_000
+DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)  # a reader's errors while the server restarts
 
 
 async def _connect(url: str, database: str | None = None) -> Any:
-    import asyncpg
     import sqlalchemy as sa
 
     u = sa.make_url(url)
@@ -50,6 +52,15 @@ async def _connect(url: str, database: str | None = None) -> Any:
         password=u.password,
         database=database or u.database or u.username or "postgres",
     )
+
+
+async def _fetch(url: str, sql: str) -> list[Any]:
+    """Rows of one query on a connection of its own (the benchmark's readers, not the relay's)."""
+    conn = await _connect(url)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
 
 
 # -- the data ---------------------------------------------------------------------------------------
@@ -213,20 +224,25 @@ class Sampler:
     _seen: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)
 
     async def run(self, stop: asyncio.Event) -> None:
-        conn = await _connect(self.url)
-        try:
-            while not stop.is_set():
+        conn = None
+        while not stop.is_set():
+            try:
+                conn = conn or await _connect(self.url)
                 rows = await conn.fetch(
                     "SELECT id, next_poll_at, last_polled_at FROM job WHERE next_poll_at IS NOT NULL"
                 )
-                seen_at = time.monotonic()
-                for job_id, due, polled in rows:
-                    before = self._seen.get(job_id)
-                    if before is not None and polled > before[1]:
-                        self.polls.append((seen_at, (polled - before[0]).total_seconds()))
-                    self._seen[job_id] = (due, polled)
-                await asyncio.sleep(self.interval)
-        finally:
+            except DOWN:  # the server is restarting: connect again
+                conn = None
+                await asyncio.sleep(1)
+                continue
+            seen_at = time.monotonic()
+            for job_id, due, polled in rows:
+                before = self._seen.get(job_id)
+                if before is not None and polled > before[1]:
+                    self.polls.append((seen_at, (polled - before[0]).total_seconds()))
+                self._seen[job_id] = (due, polled)
+            await asyncio.sleep(self.interval)
+        if conn is not None:
             await conn.close()
 
     def window(self, start: float, end: float) -> dict[str, Any]:
@@ -243,11 +259,14 @@ class Sampler:
 
 
 async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy.exc import DBAPIError
+
     from app.config import load_settings
     from app.db import Database
     from app.runtime import Runtime
     from app.sandbox.serving import serve_in_background
     from app.sandbox.simulator import Simulator, SimulatorConfig
+    from app.store.retention import Deleted
 
     sim = Simulator(SimulatorConfig(queue_seconds=1e9, process_seconds=1, api_key=API_KEY))
     async with serve_in_background(sim.app) as sim_url:
@@ -283,7 +302,15 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
             say("[prune] deleting (Runtime.prune: one housekeeping pass)")
             lag = LagMonitor().start()
             progress = asyncio.create_task(_progress(url, t1))
-            deleted = await relay.prune()
+            deleted, interruptions = Deleted(), 0
+            while True:
+                try:
+                    deleted += await relay.prune()
+                    break
+                except (DBAPIError, *DOWN) as exc:  # the server restarted: the next pass goes on
+                    interruptions += 1
+                    say(f"[prune] the pass was interrupted ({type(exc).__name__}); starting another")
+                    await asyncio.sleep(2)
             t2 = time.monotonic()
             progress.cancel()
             lag_during = await lag.stop()
@@ -306,19 +333,19 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
         "prune_s": round(t2 - t1, 1),
         "jobs_per_s": round(deleted.jobs / (t2 - t1)) if t2 > t1 else None,
         "overlapping_polls": overlaps,
+        "interruptions": interruptions,  # passes cut short by a server restart (the figures are disturbed)
     }
 
 
 async def _progress(url: str, since: float, every: float = 30.0) -> None:
     """Say every `every` s how many finished jobs are left (the pass does not report as it goes)."""
-    conn = await _connect(url)
-    try:
-        while True:
-            await asyncio.sleep(every)
-            left = await conn.fetchval("SELECT count(*) FROM job WHERE next_poll_at IS NULL")
-            say(f"[prune]   {time.monotonic() - since:5.0f} s: {left:,} finished jobs left")
-    finally:
-        await conn.close()
+    while True:
+        await asyncio.sleep(every)
+        try:
+            [(left,)] = await _fetch(url, "SELECT count(*) FROM job WHERE next_poll_at IS NULL")
+        except DOWN:
+            continue
+        say(f"[prune]   {time.monotonic() - since:5.0f} s: {left:,} finished jobs left")
 
 
 async def _check_after(url: str, live: int) -> dict[str, int]:
@@ -373,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
     opts = p.parse_args(argv)
 
-    import asyncpg
     import sqlalchemy as sa
 
     from app.migrate import upgrade_to_head
@@ -411,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"left: {results['after']['jobs_left']:,} jobs (the {opts.live:,} live ones); counts equal the rows: "
         f"{bool(results['after']['job_count_matches'] and results['after']['event_count_matches'])}; "
-        f"overlapping polls: {results['overlapping_polls']}; load average at the end: {results['load_average']}"
+        f"overlapping polls: {results['overlapping_polls']}; passes interrupted by a server restart: "
+        f"{results['interruptions']}; load average at the end: {results['load_average']}"
     )
     if opts.json:
         print(json.dumps(results, indent=2))
