@@ -60,6 +60,9 @@ UNSETTLED_EVENT_STATES = (EventState.PENDING, EventState.RETRYING)
 DEFAULT_EVENTS = ["completed", "failed", "expired"]
 
 
+POLL_CLASSES = (0, 1, 2)  # app.scheduling.PollClass: finish passed, running, queued
+
+
 def _in(column: str, values: Any) -> str:
     return f"{column} IN ({', '.join(repr(str(v)) for v in sorted(values))})"
 
@@ -87,12 +90,17 @@ class Job(SQLModel, table=True):
             sqlite_where=sa.text("push_due = 1"),
         ),
         # The claim's other scans: one range per poll class, earliest due first (app/scheduling.py).
-        sa.Index(
-            "ix_job_poll_class_next_poll_at",
-            "poll_class",
-            "next_poll_at",
-            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
-            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
+        # One partial index per class, not (poll_class, next_poll_at): PostgreSQL's generic plan
+        # then cannot prefer ix_job_next_poll_at filtered by class, which reads every due row of the
+        # other classes when this one is rare. The claim writes the class as a literal to match.
+        *(
+            sa.Index(
+                f"ix_job_next_poll_at_class_{klass}",
+                "next_poll_at",
+                postgresql_where=sa.text(f"poll_class = {klass} AND next_poll_at IS NOT NULL"),
+                sqlite_where=sa.text(f"poll_class = {klass} AND next_poll_at IS NOT NULL"),
+            )
+            for klass in POLL_CLASSES
         ),
     )
 

@@ -3,8 +3,8 @@
 The claim's order (SPEC §5, app/scheduling.py): the jobs a push made due first (a partial index of a
 few rows), then by `claim_at` = next_poll_at + class × MAX over the classes finish passed, running,
 queued. That second order is one statement, the same on every replica: one index range per class
-(`ix_job_poll_class_next_poll_at`: within a class claim_at follows next_poll_at, so each range is
-read earliest due first and stops after n rows), merged by claim_at. At most 3n rows are read and
+(`ix_job_next_poll_at_class_N`: within a class claim_at follows next_poll_at, so each range is read
+earliest due first and stops after n rows), merged by claim_at. At most 3n rows are read and
 sorted, however many are due.
 """
 
@@ -81,7 +81,7 @@ def by_priority(now: datetime, n: int) -> sa.Select[Any]:
     ranges = [
         sa.select(col(Job.id), sa.func.coalesce(col(Job.claim_at), col(Job.next_poll_at)).label("claim_at"))
         .where(
-            col(Job.poll_class) == int(klass),
+            col(Job.poll_class) == sa.literal_column(str(int(klass))),  # as the partial index says it
             col(Job.next_poll_at) <= now,
             leases.lease_free(Job, now),
         )

@@ -10,11 +10,10 @@ and a loaded machine changes nothing.
 from __future__ import annotations
 
 import itertools
-import re
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -213,7 +212,8 @@ BULK = 100_000
 
 async def _insert_due(db: Database, count: int, due: datetime, url: str) -> None:
     """`count` unfinished jobs, all due at `due`, in one INSERT … SELECT: rows as the app makes them
-    (`new_job_row`), numbered by a recursive CTE; every tenth running, every tenth finish-passed."""
+    (`new_job_row`), numbered by a recursive CTE. Most are pending (queued), every tenth running, one
+    in a thousand finish-passed: a rare class must not be looked for through the others' rows."""
     settings = relay_settings(url, "http://127.0.0.1:9", **INTERVALS)
     spec = JobCreate.model_construct(
         video_model_id="bulk", callback_url="http://127.0.0.1:9/hook", metadata={}, events=[]
@@ -224,14 +224,13 @@ async def _insert_due(db: Database, count: int, due: datetime, url: str) -> None
     numbers = sa.select(sa.literal(0).label("i")).cte("numbers", recursive=True)
     numbers = numbers.union_all(sa.select(numbers.c.i + 1).where(numbers.c.i < count - 1))
     i = numbers.c.i
-    by_tenth = sa.case((i % 10 == 1, int(PollClass.RUNNING)), (i % 10 == 2, int(PollClass.FINISH_PASSED)))
+    by_tenth = sa.case((i % 1000 == 2, int(PollClass.FINISH_PASSED)), (i % 10 == 1, int(PollClass.RUNNING)))
     values: dict[str, Any] = {
         name: sa.literal(value, table.c[name].type) for name, value in row.items() if name in table.c
     }
     values["video_model_id"] = sa.literal("bulk-") + sa.cast(i, sa.String)
     values["poll_class"] = sa.func.coalesce(by_tenth, int(PollClass.QUEUED))
-    values["status"] = sa.case((i % 10 < 3, "processing"), else_="pending")
-    values["status"] = sa.case((i % 10 == 0, "pending"), else_=values["status"])
+    values["status"] = sa.case((by_tenth.is_not(None), "processing"), else_="pending")
     async with db.write() as session:
         await session.execute(
             sa.insert(table).from_select(list(values), sa.select(*values.values()).select_from(numbers))
@@ -242,47 +241,62 @@ async def _insert_due(db: Database, count: int, due: datetime, url: str) -> None
 @pytest.mark.timeout(240)
 async def test_the_first_claim_of_100000_due_jobs_is_index_scans_on_both_databases(db_url: str) -> None:
     db = Database(db_url)
+    sqlite = db_url.startswith("sqlite")
     try:
         # A relay compiles the claim statement at its first tick; the figure here is the database's.
         assert await polls.claim_due(db, 10, utcnow(), 30, expiring_only=False, probe=False) == []
-        now = utcnow()
         started = time.perf_counter()
-        await _insert_due(db, BULK, now - timedelta(seconds=1), db_url)
+        await _insert_due(db, BULK, utcnow() - timedelta(seconds=1), db_url)
         inserted = time.perf_counter() - started
-        sqlite = db_url.startswith("sqlite")
         async with db.write() as session:
             await session.execute(sa.text("ANALYZE"))
         later = utcnow()
-        claim = _claim_statement(by_priority(later, 10), later)
-        async with db.read() as session:
-            dialect = session.get_bind().dialect
-            sql = str(claim.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-            plan_rows = await session.execute(
-                sa.text(("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN ") + sql)
-            )
-            plan = "\n".join(str(row[-1] if sqlite else row[0]) for row in plan_rows)
-        if sqlite:
-            # One SEARCH of the class index per class; no SCAN of job, no temp B-tree over job rows.
-            assert plan.count("SEARCH job USING INDEX ix_job_poll_class_next_poll_at") == 3, plan
-            assert "SCAN job" not in plan, plan
-        else:
-            # One index scan per class, read in due order and stopped by its LIMIT: the class index, or
-            # the due-time index filtered by class where the planner finds the class frequent enough.
-            scans = re.findall(
-                r"Index Scan using (ix_job_poll_class_next_poll_at|ix_job_next_poll_at) on job", plan
-            )
-            assert len(scans) == 3, plan
-            assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
-            sorts = [line for line in plan.splitlines() if "Sort Key:" in line]
-            assert len(sorts) == 1 and "due_class_0.claim_at" in sorts[0], plan  # the merge of ≤ 3n rows
+        plans = await _plans(db, _claim_statement(by_priority(later, 10), later), sqlite=sqlite)
+        for plan in plans:
+            if sqlite:
+                # One SEARCH of its class's index per class; no SCAN of job. The one temp B-tree
+                # orders the merge of at most 3n rows.
+                assert plan.count("SEARCH job USING INDEX ix_job_next_poll_at_class_") == 3, plan
+                assert "SCAN job" not in plan, plan
+            else:
+                assert plan.count("Index Scan using ix_job_next_poll_at_class_") == 3, plan
+                assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
+                sorts = [line for line in plan.splitlines() if "Sort Key:" in line]
+                assert len(sorts) == 1 and "due_class_0.claim_at" in sorts[0], plan  # the merge of ≤ 3n
         started = time.perf_counter()
         claimed = await polls.claim_due(db, 10, later, 30, expiring_only=False, probe=False)
         took = time.perf_counter() - started
         assert len(claimed) == 10
-        assert took < 0.25, f"the first claim took {took * 1000:.0f} ms\n{plan}"
-        print(f"\n{BULK} rows inserted in {inserted:.1f} s; first claim {took * 1000:.1f} ms\n{plan}")
+        assert took < 0.25, f"the first claim took {took * 1000:.0f} ms\n{plans[0]}"
+        print(f"\n{BULK} rows inserted in {inserted:.1f} s; first claim {took * 1000:.1f} ms")
+        print("\n\n".join(plans))
     finally:
         await db.dispose()
+
+
+async def _plans(db: Database, claim: sa.Update, *, sqlite: bool) -> list[str]:
+    """The claim's plan: SQLite's; PostgreSQL's for these values and its generic plan (the one a
+    prepared statement may settle on after five runs, whatever the values)."""
+    async with db.read() as session:
+        conn = await session.connection()
+        literal = str(claim.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        if sqlite:
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + literal)
+            return ["\n".join(str(row[-1]) for row in rows)]
+        custom = "\n".join(row[0] for row in await conn.exec_driver_sql("EXPLAIN " + literal))
+        compiled = claim.compile(dialect=conn.dialect)
+        values = []
+        for name in compiled.positiontup or ():
+            value = compiled.params[name]
+            if isinstance(value, datetime):
+                value = value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+            values.append(str(value) if isinstance(value, int) else f"'{value}'")
+        await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql(f"PREPARE relay_claim AS {compiled}")
+        rows = await conn.exec_driver_sql(f"EXPLAIN EXECUTE relay_claim({', '.join(values)})")
+        generic = "\n".join(row[0] for row in rows)
+        await session.rollback()
+        return [custom, generic]
 
 
 def _claim_statement(picked: sa.Select[Any], now: datetime) -> sa.Update:

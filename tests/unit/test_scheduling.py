@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.models import Job, JobStatus
+from app.models import POLL_CLASSES, Job, JobStatus
 from app.scheduling import (
     NOISE_FLOOR,
     SAMPLES_KEPT,
@@ -214,6 +214,10 @@ def test_a_status_change_or_a_push_resets_the_wait_to_the_minimum() -> None:
 
 
 # -- priority -----------------------------------------------------------------------------------------
+
+
+def test_the_schema_has_an_index_for_every_poll_class() -> None:
+    assert tuple(int(k) for k in PollClass) == POLL_CLASSES
 
 
 def test_poll_classes_and_their_claim_order_keys() -> None:
