@@ -2,8 +2,11 @@
 
 Finished jobs whose events are all settled go once they finished longer ago than the retention, with
 their transitions, events and attempts; unfinished jobs and jobs with a delivery still to be made stay;
-the dashboard's trigger-kept counts stay equal to the rows. Idempotency keys go after 24 h. The stepped tests backdate `finished_at`
-(and `created_at`, which a job's finish never precedes) instead of waiting for a day to pass.
+the dashboard's trigger-kept counts stay equal to the rows. Idempotency keys go after 24 h.
+
+The stepped tests backdate `finished_at` (and `created_at`, which a job's finish never precedes)
+instead of waiting for a day to pass. The jobs to backdate are registered before the recent ones: a
+pass relies on ids following registration time (app/store/retention.py).
 """
 
 from __future__ import annotations
