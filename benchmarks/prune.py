@@ -5,7 +5,8 @@
 - A fresh database on that server (`akool_relay_bench_prune_*`, dropped at the end; the URL's own
   database is only used to connect), migrated. COPY loads the old jobs: finished 100 days ago, each
   with 3 transitions, 1 delivered event and 1 attempt (2 for one job in ten: a retry), as a busy relay
-  leaves them. Then the live jobs: `queueing`, due spread over the next 5 s.
+  leaves them. Then the live jobs: `queueing`, due spread over one poll interval from the moment
+  the load is done (after ANALYZE and a CHECKPOINT, so the load's writes do not land in the windows).
 - A relay in this process (`app.runtime.Runtime`, started as the app's lifespan starts it) polls the
   live jobs against the simulator (served in this process too), whose jobs never finish: each live
   job is polled every `--interval` s (RELAY_POLL_INTERVAL_MIN = MAX; default 60, the default
@@ -14,13 +15,15 @@
   `last_polled_at` − the `next_poll_at` the job had before it (the poll's result written).
 - `before`: polling alone, after a warm-up; `during`: while `Runtime.prune()` runs one housekeeping
   pass (the minute tick's work, started by hand; the scheduled tick is removed so it cannot start a
-  second pass). The deletion rate is the jobs that pass deleted per second of it.
+  second pass). The deletion rate is the jobs that pass deleted per second of it. The `1 s` tick
+  (RELAY_TICK_INTERVAL) is in every figure: a job due just after a tick waits for the next one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -195,7 +198,7 @@ async def load(url: str, old: int, live: int, interval: float) -> dict[str, Any]
             ):
                 rows[key] += len(n)
             say(f"[prune]   {rows['jobs']:,} old jobs loaded")
-        now = datetime.now(UTC).replace(tzinfo=None)  # the live jobs are due from now on
+        now = datetime.now(UTC).replace(tzinfo=None)
         live_jobs = [
             _job(old + i, f"live-{i}", finished=None, now=now, interval=interval) for i in range(1, live + 1)
         ]
@@ -205,6 +208,15 @@ async def load(url: str, old: int, live: int, interval: float) -> dict[str, Any]
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
             )
         await conn.execute("ANALYZE")
+        # The load's dirty pages written now, not while polling is measured (a superuser's right).
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+        # Due from now on, spread over one interval: the relay starts right after this.
+        await conn.execute(
+            "UPDATE job SET next_poll_at = (now() AT TIME ZONE 'UTC') + random() * make_interval(secs => $1)"
+            " WHERE next_poll_at IS NOT NULL",
+            interval,
+        )
     finally:
         await conn.close()
     return {**rows, "seconds": round(time.perf_counter() - started, 1)}
