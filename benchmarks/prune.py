@@ -278,7 +278,6 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
     from app.runtime import Runtime
     from app.sandbox.serving import serve_in_background
     from app.sandbox.simulator import Simulator, SimulatorConfig
-    from app.store.retention import Deleted
 
     sim = Simulator(SimulatorConfig(queue_seconds=1e9, process_seconds=1, api_key=API_KEY))
     async with serve_in_background(sim.app) as sim_url:
@@ -314,10 +313,11 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
             say("[prune] deleting (Runtime.prune: one housekeeping pass)")
             lag = LagMonitor().start()
             progress = asyncio.create_task(_progress(url, t1))
-            deleted, interruptions = Deleted(), 0
+            rows_before = await _rows(url)
+            interruptions = 0
             while True:
                 try:
-                    deleted += await relay.prune()
+                    await relay.prune()
                     break
                 except (DBAPIError, *DOWN) as exc:  # the server restarted: the next pass goes on
                     interruptions += 1
@@ -325,6 +325,9 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(2)
             t2 = time.monotonic()
             progress.cancel()
+            # Counted from the rows: an interrupted pass deleted some too, and does not say how many.
+            rows_after = await _rows(url)
+            deleted = {k: rows_before[k] - rows_after[k] for k in rows_before}
             lag_during = await lag.stop()
             await asyncio.sleep(1.0)  # polls written just before the end are seen by the next sample
         finally:
@@ -336,17 +339,25 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
     return {
         "before": {**sampler.window(t0, t1), "lag_max_ms": lag_before["lag_max_ms"]},
         "during": {**sampler.window(t1, t2), "lag_max_ms": lag_during["lag_max_ms"]},
-        "deleted": {
-            "jobs": deleted.jobs,
-            "transitions": deleted.transitions,
-            "events": deleted.events,
-            "attempts": deleted.attempts,
-        },
+        "deleted": deleted,
         "prune_s": round(t2 - t1, 1),
-        "jobs_per_s": round(deleted.jobs / (t2 - t1)) if t2 > t1 else None,
+        "jobs_per_s": round(deleted["jobs"] / (t2 - t1)) if t2 > t1 else None,
         "overlapping_polls": overlaps,
         "interruptions": interruptions,  # passes cut short by a server restart (the figures are disturbed)
     }
+
+
+async def _rows(url: str) -> dict[str, int]:
+    """Finished jobs, transitions, events and attempts in the database."""
+    counts = {}
+    for key, sql in (
+        ("jobs", "SELECT count(*) FROM job WHERE next_poll_at IS NULL"),
+        ("transitions", "SELECT count(*) FROM transition"),
+        ("events", "SELECT count(*) FROM event"),
+        ("attempts", "SELECT count(*) FROM attempt"),
+    ):
+        [(counts[key],)] = await _fetch(url, sql)
+    return {k: int(v) for k, v in counts.items()}
 
 
 async def _progress(url: str, since: float, every: float = 30.0) -> None:
