@@ -219,15 +219,13 @@ def test_secret_looking_extras_are_redacted() -> None:
     assert entry["akool_api_key"] == "[redacted]"
 
 
-def test_uvicorn_colour_copies_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uvicorn_colour_copies_are_dropped() -> None:
     stream = _configured("json")
-    uvicorn_error = logging.getLogger("uvicorn.error")
-    # An earlier uvicorn in this process may have configured it (own handlers, no propagation).
-    monkeypatch.setattr(uvicorn_error, "disabled", False)
-    monkeypatch.setattr(uvicorn_error, "propagate", True)
-    monkeypatch.setattr(uvicorn_error, "handlers", [])
-    monkeypatch.setattr(uvicorn_error, "level", logging.NOTSET)
-    uvicorn_error.info("Started %s", "x", extra={"color_message": "\x1b[1mStarted\x1b[0m"})
+    # uvicorn's records carry `color_message`; a logger of our own, because uvicorn's may have been
+    # configured (no propagation) by an earlier server in this process.
+    logging.getLogger("app.test.uvicorn_like").info(
+        "Started %s", "x", extra={"color_message": "\x1b[1mStarted\x1b[0m"}
+    )
     [entry] = _json_lines(stream.getvalue())
     assert "color_message" not in entry and "\\u001b" not in stream.getvalue()
 
