@@ -113,19 +113,16 @@ def relaxed(
     return rate, None if rate >= base else calm_at + steps * cooldown
 
 
-class LocalBudget:
-    """The process's own token bucket (SQLite): slots 1/rate apart, no burst beyond one."""
+class _RateInForce:
+    """The rate both budgets spend at: the configured one, halved by 1005s, relaxing back (`relaxed`)."""
 
-    def __init__(self, rate: float, cooldown: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, cooldown: float, clock: Callable[[], float]) -> None:
         self.base_rate = rate
         self.cooldown = cooldown
         self._clock = clock
         self._rate = rate
         self._calm_at: float | None = None  # when the current slow-down may relax
         self._halved_at = -math.inf
-        self._next_slot = clock()
-        self._lock = asyncio.Lock()
-        self._waiting = 0
 
     @property
     def rate(self) -> float:
@@ -137,6 +134,16 @@ class LocalBudget:
     @property
     def throttled(self) -> bool:
         return self.rate < self.base_rate
+
+
+class LocalBudget(_RateInForce):
+    """The process's own token bucket (SQLite): slots 1/rate apart, no burst beyond one."""
+
+    def __init__(self, rate: float, cooldown: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(rate, cooldown, clock)
+        self._next_slot = clock()
+        self._lock = asyncio.Lock()
+        self._waiting = 0
 
     @property
     def waiting(self) -> int:
@@ -175,7 +182,7 @@ class LocalBudget:
         return None
 
 
-class SharedBudget:
+class SharedBudget(_RateInForce):
     """Slots leased from the deployment's bucket (PostgreSQL); see the module docstring.
 
     Waiting requests take leased slots in order and sleep until their slot's time. When none is left,
@@ -188,16 +195,11 @@ class SharedBudget:
     def __init__(
         self, db: Database, rate: float, cooldown: float, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        super().__init__(rate, cooldown, clock)
         self._row = BudgetRow(db)
-        self.base_rate = rate
-        self.cooldown = cooldown
-        self._clock = clock
         self._terms = LeaseTerms(
             base=rate, cooldown=cooldown, debounce=SLOWDOWN_DEBOUNCE, floor=THROTTLE_FLOOR, horizon=HORIZON
         )
-        self._rate = rate  # as the row said at the last lease (relaxed locally in between)
-        self._calm_at: float | None = None
-        self._halved_at = -math.inf
         self._slots: deque[float] = deque()  # local times of leased slots nobody has taken yet
         self._queued = 0  # requests waiting without a slot
         self._sleeping = 0  # requests holding a slot whose time has not come
@@ -211,17 +213,6 @@ class SharedBudget:
         self.leases = 0
         self.granted = 0
         self.dropped = 0
-
-    @property
-    def rate(self) -> float:
-        self._rate, self._calm_at = relaxed(
-            self._rate, self.base_rate, self._calm_at, self._clock(), self.cooldown
-        )
-        return self._rate
-
-    @property
-    def throttled(self) -> bool:
-        return self.rate < self.base_rate
 
     @property
     def held(self) -> int:

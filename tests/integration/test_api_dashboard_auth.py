@@ -19,24 +19,15 @@ import httpx
 from app.sandbox.receiver import Receiver
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.api import DELIVERY_STATES, JOB_FIELDS, STATUSES, assert_field_error, is_utc
-from tests.support.relay import HOOK, RelayFactory, RunningRelay, register
-
-# Polls planned 1 ms ahead: a job a step left unfinished is due again at the next step.
-DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
-LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
-PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
-
-
-async def poll(r: RunningRelay) -> int:
-    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.poll_due_jobs()
-
-
-async def deliver(r: RunningRelay) -> int:
-    """One delivery step (deliver_due)."""
-    return await r.relay.deliver_due()
-
+from tests.support.relay import (
+    DUE_AT_ONCE,
+    HOOK,
+    PAST_THE_END,
+    RelayFactory,
+    deliver,
+    poll,
+    register,
+)
 
 # -- GET /jobs ---------------------------------------------------------------------------------------
 

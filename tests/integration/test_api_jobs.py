@@ -26,30 +26,18 @@ from tests.support.api import (
     errors_of,
     is_utc,
 )
-from tests.support.relay import HOOK, RelayFactory, RunningRelay, register, requests_for
-
-# Polls planned 1 ms ahead: a job a step left unfinished is due again at the next step.
-DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
-LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
-PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
-
-
-async def poll(r: RunningRelay) -> int:
-    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.poll_due_jobs()
-
-
-async def deliver(r: RunningRelay) -> int:
-    """One delivery step (deliver_due)."""
-    return await r.relay.deliver_due()
-
-
-async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
-    response = await r.client.get(f"/jobs/{video_model_id}")
-    assert response.status_code == 200, response.text
-    job: dict[str, Any] = response.json()
-    return job
+from tests.support.relay import (
+    DUE_AT_ONCE,
+    HOOK,
+    PAST_THE_END,
+    RelayFactory,
+    RunningRelay,
+    deliver,
+    detail,
+    poll,
+    register,
+    requests_for,
+)
 
 
 def received(rec: Receiver) -> list[tuple[str, Any]]:

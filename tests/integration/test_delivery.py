@@ -20,7 +20,16 @@ from typing import Any
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import FAILED_ERROR_CODE, FAILED_REASON, ManualClock, Simulator
 from tests.support.receivers import attempt_codes, scripted
-from tests.support.relay import RelayFactory, RunningRelay, register, wait_job
+from tests.support.relay import (
+    PAST_THE_END,
+    RelayFactory,
+    RunningRelay,
+    deliver,
+    detail,
+    poll,
+    register,
+    wait_job,
+)
 
 # Polls and retries planned 1 ms ahead: what a step leaves to do again is due at the next step.
 DUE_AT_ONCE: dict[str, Any] = {
@@ -28,20 +37,6 @@ DUE_AT_ONCE: dict[str, Any] = {
     "RELAY_POLL_INTERVAL_MAX": 0.001,
     "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001",
 }
-LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
-PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
-
-
-async def poll(r: RunningRelay) -> int:
-    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.poll_due_jobs()
-
-
-async def deliver(r: RunningRelay) -> int:
-    """One delivery step (deliver_due), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.deliver_due()
 
 
 async def drain(r: RunningRelay, limit: int = 50) -> int:
@@ -59,13 +54,6 @@ async def finish(r: RunningRelay, clock: ManualClock) -> None:
     assert await poll(r) == 1
     clock.advance(PAST_THE_END)
     assert await poll(r) == 1
-
-
-async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
-    response = await r.client.get(f"/jobs/{video_model_id}")
-    assert response.status_code == 200, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 # -- outcomes ------------------------------------------------------------------------------------

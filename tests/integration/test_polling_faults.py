@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,39 +26,22 @@ from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator, SimulatorConfig
 from tests.support.env import relay_settings
 from tests.support.relay import (
+    DUE_AT_ONCE,
+    LATER,
+    PAST_THE_END,
     TERMINAL,
     RelayFactory,
     RunningRelay,
+    detail,
     path,
+    poll,
     register,
     requests_for,
+    sleep_until,
     summary,
     wait_job,
     wait_until,
 )
-
-# Polls planned 1 ms ahead: a job a step polled is due again at the next step.
-DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
-LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
-PAST_THE_END = 1.0  # simulated seconds: past queueing and processing
-
-
-async def poll(r: RunningRelay) -> int:
-    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.poll_due_jobs()
-
-
-async def sleep_until(moment: datetime) -> None:
-    """The relay's clock is the wall clock: wait until it has passed `moment`."""
-    await asyncio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()) + LATER)
-
-
-async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
-    response = await r.client.get(f"/jobs/{video_model_id}")
-    assert response.status_code == 200, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 async def assert_ready_but_driven(r: RunningRelay) -> None:

@@ -9,7 +9,6 @@ period is the subject, the test waits for it with `sleep_until()` and then steps
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -23,43 +22,20 @@ from app.models import Job
 from app.sandbox.receiver import Receiver
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.relay import (
+    DUE_AT_ONCE,
+    PAST_THE_END,
     RelayFactory,
     RunningRelay,
+    deliver,
+    detail,
     path,
+    poll,
     register,
     requests_for,
+    sleep_until,
     summary,
     wait_until,
 )
-
-# Polls planned 1 ms ahead: a job a step polled is due again at the next step.
-DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
-LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
-PAST_THE_END = 1.0  # simulated seconds: past queueing (0.2 s) and processing (0.4 s)
-
-
-async def poll(r: RunningRelay) -> int:
-    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.poll_due_jobs()
-
-
-async def deliver(r: RunningRelay) -> int:
-    """One delivery step (deliver_due), once what the last step planned 1 ms ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.deliver_due()
-
-
-async def sleep_until(moment: datetime) -> None:
-    """The relay's clock is the wall clock: wait until it has passed `moment`."""
-    await asyncio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()) + LATER)
-
-
-async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
-    response = await r.client.get(f"/jobs/{video_model_id}")
-    assert response.status_code == 200, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 def at(job: dict[str, Any], key: str) -> datetime:

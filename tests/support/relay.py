@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,6 +18,11 @@ from app.sandbox.simulator import RequestRecord, Simulator
 
 HOOK = "http://127.0.0.1:9/hook"  # never called: jobs using it stay pending
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+# For driven relays: polls planned 1 ms ahead, so a job a step left unfinished is due at the next step.
+DUE_AT_ONCE: dict[str, Any] = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}
+LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
+PAST_THE_END = 1.0  # simulated seconds: past the default queueing (0.2 s) and processing (0.4 s)
 
 
 @dataclass
@@ -99,8 +105,33 @@ async def wait_job(
     return job
 
 
+async def poll(r: RunningRelay) -> int:
+    """One poll step (poll_due_jobs), once what the last step planned 1 ms ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.poll_due_jobs()
+
+
+async def deliver(r: RunningRelay) -> int:
+    """One delivery step (deliver_due), once what the last step planned 1 ms ahead is due."""
+    await asyncio.sleep(LATER)
+    return await r.relay.deliver_due()
+
+
 async def step(r: RunningRelay, rounds: int = 1) -> None:
     """Run the driven relay's loops once each, `rounds` times: poll what is due, deliver what is due."""
     for _ in range(rounds):
-        await r.relay.poll_due_jobs()
-        await r.relay.deliver_due()
+        await poll(r)
+        await deliver(r)
+
+
+async def detail(r: RunningRelay, video_model_id: str) -> dict[str, Any]:
+    """GET /jobs/{id}; it must answer 200. Returns the job with its transitions and deliveries."""
+    response = await r.client.get(f"/jobs/{video_model_id}")
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def sleep_until(moment: datetime) -> None:
+    """The relay's clock is the wall clock: wait until it has passed `moment`."""
+    await asyncio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()) + LATER)
