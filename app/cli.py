@@ -1,4 +1,4 @@
-"""The `akool-relay` command: serve, migrate, prune, demo, simulator, webhook-secret."""
+"""The `akool-relay` command: serve, migrate, prune, demo, simulator, webhook-secret, tenant."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import signal
 import sys
 from types import FrameType
 
+from app import cli_tenants
 from app.config import ConfigError, Settings, load_settings
+from app.errors import RelayError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="getToken client secret; pushes are encrypted with it (or with --api-key) when it is 16/24/32 bytes",
     )
-    sub.add_parser("webhook-secret", help="print the secret callbacks are signed with")
+    secret = sub.add_parser("webhook-secret", help="print the secret a tenant's callbacks are signed with")
+    secret.add_argument("--tenant", default="default", help="the tenant's name (default: default)")
+    cli_tenants.add_parser(sub)
     return parser
 
 
@@ -72,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             print(asyncio.run(_prune(settings)))
             return 0
+        if args.command == "tenant":
+            print(cli_tenants.run(settings, args))
+            return 0
         if args.command == "webhook-secret":
-            print(asyncio.run(_webhook_secret(settings)))
+            print(asyncio.run(_webhook_secret(settings, args.tenant)))
             return 0
     except ConfigError as exc:
         print(f"akool-relay: {exc}", file=sys.stderr)
         return 2
+    except RelayError as exc:  # a tenant command's mistake: no such tenant, a name taken, …
+        print(f"akool-relay: {exc.detail}", file=sys.stderr)
+        return 1
     return 1
 
 
@@ -156,16 +166,16 @@ async def _prune(settings: Settings) -> str:
     return f"deleted {deleted}{kept}"
 
 
-async def _webhook_secret(settings: Settings) -> str:
+async def _webhook_secret(settings: Settings, tenant: str) -> str:
+    from app import tenancy
     from app.db import Database
     from app.migrate import upgrade_to_head
-    from app.store import kept
 
     if settings.is_sqlite:
         await asyncio.to_thread(upgrade_to_head, settings.database_url)
     db = Database(settings.database_url)
     try:
-        return await kept.webhook_secret(db, settings.webhook_secret)
+        return await tenancy.current_secret(db, settings, tenant)
     finally:
         await db.dispose()
 

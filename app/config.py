@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, alias="RELAY_PORT")
 
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, alias="RELAY_API_TOKENS")
+    admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, alias="RELAY_ADMIN_TOKENS"
+    )
     webhook_secret: SecretStr | None = Field(default=None, alias="RELAY_WEBHOOK_SECRET")
     allow_private_callbacks: bool = Field(default=False, alias="RELAY_ALLOW_PRIVATE_CALLBACKS")
 
@@ -78,7 +81,7 @@ class Settings(BaseSettings):
     # text: "time LEVEL logger: message"; json: one object per line (app.logs).
     log_format: Literal["text", "json"] = Field(default="text", alias="RELAY_LOG_FORMAT")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "admin_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
@@ -161,6 +164,10 @@ class Settings(BaseSettings):
     @property
     def api_token_values(self) -> list[str]:
         return [t.get_secret_value() for t in self.api_tokens]
+
+    @property
+    def admin_token_values(self) -> list[str]:
+        return [t.get_secret_value() for t in self.admin_tokens]
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -17,10 +17,26 @@ class RelayError(Exception):
         super().__init__(detail or self.default_detail)
         self.detail = detail or self.default_detail
 
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
+
 
 class JobNotFound(RelayError):
     status_code = 404
     default_detail = "no job with this video_model_id is tracked"
+
+
+class AmbiguousJob(RelayError):
+    """An operator named an id several tenants track, without `?tenant=`: a 422 shaped like a
+    validation error of the `tenant` query parameter, as the OpenAPI schema declares 422s."""
+
+    status_code = 422
+    default_detail = "several tenants track this video_model_id: name one with ?tenant="
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "detail": [{"type": "missing", "loc": ["query", "tenant"], "msg": self.detail, "input": None}]
+        }
 
 
 class CallbackConflict(RelayError):
@@ -36,6 +52,35 @@ class NothingToRedeliver(RelayError):
 class Unauthorized(RelayError):
     status_code = 401
     default_detail = "missing or invalid bearer token"
+
+
+class NotFound(RelayError):
+    """An operator route asked without an admin token: it answers as a route that does not exist."""
+
+    status_code = 404
+    default_detail = "Not Found"
+
+
+class TenantNotFound(RelayError):
+    status_code = 404
+    default_detail = "no such tenant"
+
+
+class TokenNotFound(RelayError):
+    status_code = 404
+    default_detail = "no such token"
+
+
+class TenantExists(RelayError):
+    status_code = 409
+    default_detail = "a tenant with this name exists"
+
+
+class EnvManaged(RelayError):
+    """What the environment sets (RELAY_API_TOKENS, RELAY_WEBHOOK_SECRET) is managed there."""
+
+    status_code = 409
+    default_detail = "set by the environment: change it there"
 
 
 class PushNotAccepted(RelayError):
@@ -71,9 +116,6 @@ class AkoolUnreachable(RelayError):
 
 class TranslationError(RelayError):
     """An answer of POST /translations with fields beside `detail` (SPEC §7)."""
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.detail}
 
 
 class CreateInProgress(TranslationError):
@@ -113,10 +155,10 @@ class AkoolRejected(TranslationError):
         return {"detail": self.detail, "akool_code": self.akool_code}
 
 
-def field_error(field: str, message: str, value: object) -> RequestValidationError:
+def field_error(field: str, message: str, value: object, *, where: str = "body") -> RequestValidationError:
     """A 422 shaped like FastAPI's own validation errors, for checks made outside pydantic."""
     return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", field), "msg": message, "input": value}]
+        [{"type": "value_error", "loc": (where, field), "msg": message, "input": value}]
     )
 
 
@@ -124,8 +166,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RelayError)
     async def _relay_error(_request: Request, exc: RelayError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
-
-    @app.exception_handler(TranslationError)
-    async def _translation_error(_request: Request, exc: TranslationError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)

@@ -10,15 +10,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import __version__
+from app import __version__, cursors, tenancy
 from app.api.bodylimit import BodyLimitMiddleware
 from app.api.routes import akool, health, jobs, translations
+from app.api.routes import tenants as tenant_routes
 from app.config import Settings, load_settings
 from app.db import Database
 from app.errors import install_error_handlers
 from app.migrate import upgrade_to_head
 from app.runtime import Runtime
-from app.store import kept
+from app.store import kept, tenants
 
 log = logging.getLogger("app")
 
@@ -29,8 +30,6 @@ def create_app(settings: Settings | None = None, *, driven: bool = False) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.api_tokens:
-            log.warning("RELAY_API_TOKENS is not set: the API is open to anyone who can reach it")
         db = Database(
             settings.database_url,
             pool_size=settings.database_pool_size,
@@ -38,7 +37,13 @@ def create_app(settings: Settings | None = None, *, driven: bool = False) -> Fas
         )
         if settings.is_sqlite:  # the embedded default: one command runs the service
             await asyncio.to_thread(upgrade_to_head, settings.database_url)
-        runtime = Runtime(settings, db, await kept.webhook_secret(db, settings.webhook_secret), driven=driven)
+        await tenancy.apply_environment(db, settings)
+        if not settings.admin_tokens and not await tenants.any_token(db):
+            log.warning(
+                "no API token is set (RELAY_API_TOKENS, RELAY_ADMIN_TOKENS, or a tenant's): the API is open to anyone who can reach it"
+            )
+        cursor_key = await kept.kept_value(db, kept.CURSOR_KEY, cursors.new_key)
+        runtime = Runtime(settings, db, cursor_key=cursor_key, driven=driven)
         app.state.runtime = runtime
         runtime.start()
         # Start-up leaves many long-lived objects; freezing them keeps the first full GC pass
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None, *, driven: bool = False) -> Fas
     app.include_router(health.router)
     app.include_router(akool.router)
     app.include_router(translations.router)
+    app.include_router(tenant_routes.router)
     return app
 
 

@@ -67,9 +67,67 @@ def _in(column: str, values: Any) -> str:
     return f"{column} IN ({', '.join(repr(str(v)) for v in sorted(values))})"
 
 
+DEFAULT_TENANT_ID = 1  # the built-in tenant `default` (migration 0007): RELAY_API_TOKENS' tenant
+
+
+class Tenant(SQLModel, table=True):
+    """One client of the relay (SPEC §8): its own tokens, webhook secrets and jobs."""
+
+    __tablename__ = "tenant"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    disabled: bool = Field(default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()})
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class TenantToken(SQLModel, table=True):
+    """A bearer token, kept as its SHA-256 (a high-entropy token needs no slow hash). `source` is `env`
+    for RELAY_API_TOKENS (managed there: the API will not revoke it) and `api` otherwise."""
+
+    __tablename__ = "tenant_token"
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True, nullable=False, ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    prefix: str = Field(max_length=16, nullable=False)  # the first characters, to tell tokens apart
+    source: str = Field(default="api", max_length=8, nullable=False)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+
+class TenantSecret(SQLModel, table=True):
+    """A webhook signing secret. The current one has `valid_until` NULL; a rotated-out one signs too
+    until `valid_until` (SPEC §8). RELAY_WEBHOOK_SECRET is never stored: it is `default`'s while set."""
+
+    __tablename__ = "tenant_secret"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id", index=True, nullable=False, ondelete="CASCADE")
+    secret: str = Field(sa_type=sa.Text, nullable=False)
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    valid_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 class Job(SQLModel, table=True):
+    """A tenant's subscription to one Akool job: unique per (tenant, video_model_id)."""
+
     __tablename__ = "job"
     __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "video_model_id", name="uq_job_tenant_video_model_id"),
+        # Pushes name the Akool id alone: every tenant's subscription to it.
+        sa.Index("ix_job_video_model_id", "video_model_id"),
+        # A tenant's dashboard: its jobs newest first, by status, and its oldest unfinished one.
+        sa.Index("ix_job_tenant_id_id", "tenant_id", "id"),
+        sa.Index("ix_job_tenant_id_status_id", "tenant_id", "status", "id"),
+        sa.Index(
+            "ix_job_tenant_unfinished_id",
+            "tenant_id",
+            "id",
+            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
+            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
+        ),
         sa.CheckConstraint(
             f"({_in('status', TERMINAL_STATUSES)}) = (next_poll_at IS NULL)", name="job_terminal_not_due"
         ),
@@ -105,7 +163,13 @@ class Job(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    video_model_id: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    tenant_id: int = Field(
+        default=DEFAULT_TENANT_ID,
+        foreign_key="tenant.id",
+        nullable=False,
+        sa_column_kwargs={"server_default": str(DEFAULT_TENANT_ID)},
+    )
+    video_model_id: str = Field(max_length=64, nullable=False)
     status: str = Field(default=JobStatus.PENDING, max_length=16, nullable=False)
     video_status: int | None = None
     progress: int | None = None
@@ -187,6 +251,10 @@ class Event(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     webhook_id: str = Field(max_length=40, sa_column_kwargs={"unique": True}, nullable=False)
     job_id: int = Field(foreign_key="job.id", nullable=False, ondelete="CASCADE")
+    # The job's tenant, copied: the count triggers and the tenant's delivery views read it off the row.
+    tenant_id: int = Field(
+        default=DEFAULT_TENANT_ID, nullable=False, sa_column_kwargs={"server_default": str(DEFAULT_TENANT_ID)}
+    )
     type: str = Field(max_length=32, nullable=False)
     body: str = Field(sa_type=sa.Text, nullable=False)
     state: str = Field(default=EventState.PENDING, max_length=16, nullable=False, index=True)
@@ -235,6 +303,7 @@ class StatusCount(SQLModel, table=True):
 
     __tablename__ = "status_count"
 
+    tenant_id: int = Field(primary_key=True)  # counted per tenant; no foreign key (counted, not owned)
     kind: str = Field(primary_key=True, max_length=16)  # the table counted: "job" or "event"
     status: str = Field(primary_key=True, max_length=16)
     shard: int = Field(primary_key=True)  # a count is the sum over its shards (less lock contention)

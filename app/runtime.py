@@ -17,10 +17,11 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import generate_latest
 
-from app import __version__
+from app import __version__, cursors, tenancy
 from app.akool import AkoolClient, CreateResult
 from app.akool_push import PushConfigError, PushKeys, PushNotice
 from app.config import Settings
+from app.cursors import Cursors
 from app.db import Database
 from app.metrics import Metrics
 from app.models import utcnow
@@ -60,11 +61,13 @@ def _keep_alive(connections: int) -> httpx.Limits:
 
 class Runtime:
     def __init__(
-        self, settings: Settings, db: Database, webhook_secret: str, *, driven: bool = False
+        self, settings: Settings, db: Database, *, cursor_key: str | None = None, driven: bool = False
     ) -> None:
-        """`driven`: nothing runs by itself (no scheduler, no wakes); a test calls `poll_due_jobs()` and
-        `deliver_due()` for each step."""
+        """`cursor_key`: the deployment's key for paging cursors (`kept.CURSOR_KEY`; a process of its own
+        may make one up). `driven`: nothing runs by itself (no scheduler, no wakes); a test calls
+        `poll_due_jobs()` and `deliver_due()` for each step."""
         self.settings = settings
+        self.cursors = Cursors(cursor_key or cursors.new_key())
         self.driven = driven
         self.push_keys = _push_keys(settings)
         self.db = db
@@ -97,7 +100,7 @@ class Runtime:
         self.outbox = Outbox(
             settings,
             db,
-            WebhookSender(webhook_secret, self.callback_http, settings.delivery_timeout),
+            WebhookSender(tenancy.secrets_of(db, settings), self.callback_http, settings.delivery_timeout),
             self.metrics,
             driven=driven,
         )
@@ -211,7 +214,7 @@ class Runtime:
 
     async def metrics_text(self) -> bytes:
         """Prometheus text; the job and delivery gauges are read from the counts at each scrape."""
-        summary = await jobs.summary(self.db)
+        summary = await jobs.summary(self.db, jobs.EVERYONE)
         for status, count in summary.jobs.items():
             self.metrics.jobs.labels(status).set(count)
         for state, count in summary.deliveries.items():

@@ -4,23 +4,29 @@ Pure: no I/O, no clock, no database. `states.apply_decision()` is the caller; it
 the estimate and the priority on the job row, and `store/polls.claim_due()` reads the priority.
 
 **Prediction** (`predict_finish`). While a job processes, each answered poll adds a (time, progress)
-sample; the last `SAMPLES_KEPT` are kept. The estimate is the least-squares line of progress over
-time through them: the job ends where the line reaches 100 (never before the newest sample). Least
-squares, not the last two samples, because Akool's progress is uneven (steps, ±4 noise, stalls).
-No estimate (None) when progress says nothing:
-- fewer than `MIN_SAMPLES` samples;
-- flat or absent: no rise from the oldest kept sample to the newest;
+sample; the last `SAMPLES_KEPT` are kept. The first is an anchor when the poll before saw the job
+not yet processing: progress 0 at the middle of the two polls (`start_of_processing`), since Akool's
+progress starts from 0 when processing starts. The estimate is the least-squares line of progress
+over time through the samples: the job ends where the line reaches 100 (never before the newest
+sample). Least squares, not the last two samples, because Akool's progress is uneven (steps, ±4
+noise, stalls). So one poll in processing, with the anchor, already gives an estimate: under a
+saturated budget there are about four polls per job in all, and waiting for three samples left most
+jobs without one (measured with `python -m benchmarks --only detection`). No estimate (None) when
+progress says nothing:
+- fewer than `MIN_SAMPLES` samples (the anchor counts);
+- flat, absent or too little: a rise of less than `MIN_RISE` points from the oldest kept sample to
+  the newest (two samples ±4 apart differ by up to 8 from noise alone);
 - going back: the newest sample is below the oldest;
-- jumping back and forth: the steps back add up to more than half the net rise;
-- too little to go on: the slope's standard error is more than `MAX_SLOPE_ERROR` of the slope, the
-  noise taken as at least `NOISE_FLOOR` (±4 points, uniform) however smooth the samples look. So
-  three samples must span about 22 points, eight about 17, before they are believed.
+- jumping back and forth: the steps back add up to more than half the net rise.
 
 **Placement** (`plan_next_poll`). With an estimate, the next poll goes at the expected finish, jittered
-by at most ±MIN/2 (so it lands within ±MIN of the estimate); without one, the backoff of app/retry.py
-(×1.5 while nothing changes, up to MAX). A status change, or a poll a push asked for that found the
-job unfinished, brings the next poll to MIN; a progress change alone does not (it is what the
-estimate is made of). Either way the wait is clamped into [MIN, MAX], jitter included.
+by at most ±MIN/2 (so it lands within ±MIN of the estimate). When the budget has room (`spare`: the
+last claim found fewer due jobs than it could take), polls cost nothing scarce, so they look ahead:
+at half the remaining time, and every MIN once within the last `LOOKAHEAD_SHARE` of the estimated
+processing time; an early end is then seen at once. Without an estimate, the backoff of app/retry.py
+(×1.5 while nothing changes, up to MAX). A status change with no estimate yet, or a poll a push asked
+for that found the job unfinished, brings the next poll to MIN; a progress change alone does not (it
+is what the estimate is made of). Either way the wait is clamped into [MIN, MAX], jitter included.
 
 **Priority** (`poll_class`, `claim_at`). When due polls outnumber the budget, a claim takes first the
 jobs Akool pushed about (their own batch), then by `claim_at` = `next_poll_at` + class × MAX:
@@ -45,11 +51,11 @@ from app.models import JobStatus
 from app.retry import JITTER, jittered, next_poll_interval
 
 SAMPLES_KEPT = 8  # (time, progress) samples kept on the job row
-MIN_SAMPLES = 3
-MIN_RISE = 1  # progress points the kept samples must rise by, first to last (else flat)
+MIN_SAMPLES = 2  # the start-of-processing anchor and one poll's progress are enough
+MIN_RISE = 10  # progress points the kept samples must rise by, first to last (more than noise makes)
 MAX_BACK_SHARE = 0.5  # steps back may add up to this share of the net rise (noise), no more
-MAX_SLOPE_ERROR = 0.15  # the slope's standard error, as a share of the slope, at most
-NOISE_FLOOR = 4 / math.sqrt(3)  # progress points: the noise assumed at least (± 4, uniform)
+LOOKAHEAD = 0.5  # with budget to spare: the next poll at this share of the remaining time
+LOOKAHEAD_SHARE = 0.2  # … and every MIN within this share of the estimated processing time
 
 Sample = Sequence[float]  # [Unix seconds, progress 0..100], as kept in the job's JSON column
 
@@ -62,6 +68,14 @@ def add_sample(samples: Sequence[Sample] | None, at: float, progress: int) -> li
         return kept[-SAMPLES_KEPT:]
     kept.append([float(at), float(progress)])
     return kept[-SAMPLES_KEPT:]
+
+
+def start_of_processing(previous_poll: float | None, now: float) -> list[list[float]] | None:
+    """The anchor sample of a job seen processing now, when the poll at `previous_poll` saw it not yet
+    processing: progress 0 halfway between (None without an earlier poll)."""
+    if previous_poll is None or previous_poll >= now:
+        return None
+    return [[(previous_poll + now) / 2, 0.0]]
 
 
 def predict_finish(samples: Sequence[Sample] | None) -> float | None:
@@ -85,12 +99,6 @@ def predict_finish(samples: Sequence[Sample] | None) -> float | None:
     slope = math.fsum((t - t_mean) * (p - p_mean) for t, p in zip(times, progress, strict=True)) / sxx
     if slope <= 0:
         return None
-    residuals = math.fsum(
-        (p - (p_mean + slope * (t - t_mean))) ** 2 for t, p in zip(times, progress, strict=True)
-    )
-    variance = max(NOISE_FLOOR**2, residuals / (n - 2))  # n ≥ 3
-    if math.sqrt(variance / sxx) > MAX_SLOPE_ERROR * slope:  # too little to go on
-        return None
     return max(times[-1], t_mean + (100.0 - p_mean) / slope)
 
 
@@ -108,15 +116,25 @@ def plan_next_poll(
     reset: bool,
     minimum: float,
     maximum: float,
+    spare: bool = False,
+    estimated_from: float | None = None,
     rng: random.Random | None = None,
 ) -> PollPlan:
     """The wait before the next poll of an unfinished job.
 
     `now` and `expected_finish` in one time base (seconds); `interval`: the row's current backoff
-    interval; `reset`: the status changed, or a push asked for this poll (next one at the minimum).
+    interval; `reset`: the status changed, or a push asked for this poll (next one at the minimum);
+    `spare`: the budget has room (look ahead of the estimate); `estimated_from`: the time of the
+    oldest sample the estimate was made of.
     """
     if reset:
         planned = minimum
+        fraction = JITTER
+    elif expected_finish is not None and spare:
+        remaining = expected_finish - now
+        span = expected_finish - (now if estimated_from is None else estimated_from)
+        planned = minimum if remaining <= LOOKAHEAD_SHARE * span else min(maximum, LOOKAHEAD * remaining)
+        planned = max(minimum, planned)
         fraction = JITTER
     elif expected_finish is not None:
         planned = min(maximum, max(minimum, expected_finish - now))

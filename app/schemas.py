@@ -12,13 +12,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     computed_field,
+    model_serializer,
 )
 
 from app.models import DEFAULT_EVENTS, Job, JobStatus
 
 VideoModelId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+TENANT_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+TenantName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)]
 EventName = Literal["queueing", "processing", "progress", "completed", "failed", "expired"]
 METADATA_MAX_BYTES = 16 * 1024
 VIDEO_URL_LIFETIME = timedelta(days=7)  # how long Akool keeps a finished video's URL (SPEC §3)
@@ -54,6 +58,9 @@ class JobCreate(BaseModel):
     callback_url: CallbackURL
     metadata: Metadata = Field(default_factory=dict)
     events: Events = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)  # type: ignore[arg-type]
+    tenant: TenantName | None = Field(
+        default=None, description="operators only: the owner's name (default `default`)"
+    )
 
 
 class JobUpdate(BaseModel):
@@ -97,6 +104,15 @@ class JobPublic(BaseModel):
     push_count: int = 0
     last_pushed_at: datetime | None = None
     expected_finish_at: datetime | None = None  # the relay's estimate (app/scheduling.py); null without
+    tenant: str | None = Field(default=None, description="the owner's name; in operators' views only")
+
+    # No return annotation on purpose: pydantic would take it as the JSON schema (a bare object).
+    @model_serializer(mode="wrap")
+    def _tenant_in_operator_views_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        if data.get("tenant") is None:
+            del data["tenant"]
+        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property

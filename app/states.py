@@ -172,14 +172,27 @@ def _apply_seen(job: JobView, decision: Decision, data: dict[str, Any]) -> None:
     _move(job, decision, target, progress if progress is not None else job.progress)
 
 
-def _schedule(job: Job, decision: Decision, now: datetime, settings: Settings, *, pushed: bool) -> None:
+def _schedule(
+    job: Job,
+    decision: Decision,
+    now: datetime,
+    settings: Settings,
+    *,
+    pushed: bool,
+    previous_poll: datetime | None,
+    spare: bool,
+) -> None:
     """Sample the progress, estimate the finish, place the next poll and give it its priority
-    (app/scheduling.py)."""
+    (app/scheduling.py). `previous_poll`: when the job was polled before this poll; `spare`: the
+    budget has room for polls ahead of the estimate."""
     status = decision.status
     if status != JobStatus.PROCESSING:
         job.progress_samples = job.expected_finish_at = None
     elif decision.answered:
-        samples = None if decision.transitions else job.progress_samples  # a new status starts afresh
+        samples = job.progress_samples
+        if decision.transitions:  # processing starts now: afresh, from the anchor at its start
+            before = None if previous_poll is None else previous_poll.timestamp()
+            samples = scheduling.start_of_processing(before, now.timestamp())
         if decision.seen_progress is not None:
             samples = scheduling.add_sample(samples, now.timestamp(), decision.seen_progress)
         job.progress_samples = samples
@@ -187,15 +200,19 @@ def _schedule(job: Job, decision: Decision, now: datetime, settings: Settings, *
         job.expected_finish_at = None if finish is None else datetime.fromtimestamp(finish, UTC)
     # An unanswered poll (a transient error) backs off: an estimate is no reason to retry sooner.
     expected = job.expected_finish_at if decision.answered else None
+    samples = job.progress_samples
     plan = scheduling.plan_next_poll(
         now.timestamp(),
         None if expected is None else expected.timestamp(),
         job.poll_interval,
-        # A status change, or a poll a push asked for that found the job unfinished: the next one
-        # at the minimum. A progress change alone is what the estimate is made of.
-        reset=bool(decision.transitions) or pushed,
+        # A status change without an estimate (processing has just started and progress says nothing
+        # yet), or a poll a push asked for that found the job unfinished: the next one at the
+        # minimum. A progress change alone is what the estimate is made of.
+        reset=(bool(decision.transitions) and expected is None) or pushed,
         minimum=settings.poll_interval_min,
         maximum=settings.poll_interval_max,
+        spare=spare,
+        estimated_from=float(samples[0][0]) if samples else None,
     )
     job.poll_interval = plan.interval
     # Within [MIN, MAX] of this poll, jitter included (SPEC §5), and never later than the deadline,
@@ -222,12 +239,15 @@ def apply_decision(
     polled: bool,
     via: str,
     pushed_at: datetime | None = None,
+    spare: bool = False,
 ) -> list[Event]:
     """Apply `decision` to `job` (loaded in `session`); returns the new outbox events, oldest first.
 
     `via`: what taught us (poll, push, clock, client), kept on each transition; `pushed_at`: the push
-    a poll was made for (its events remember it, for the push → callback latency)."""
+    a poll was made for (its events remember it, for the push → callback latency); `spare`: the
+    budget has room (the next poll may look ahead of the estimate)."""
     assert job.id is not None, "the job row is loaded from the database"
+    previous_poll = job.last_polled_at
     for key, value in decision.fields.items():
         setattr(job, key, value)
     if polled:
@@ -252,13 +272,16 @@ def apply_decision(
         job.push_due = False
         job.progress_samples = job.expected_finish_at = None
     else:
-        _schedule(job, decision, now, settings, pushed=via == "push")
+        _schedule(
+            job, decision, now, settings, pushed=via == "push", previous_poll=previous_poll, spare=spare
+        )
     job.locked_until = None
     job.lease_token = None
     events = [
         Event(
             webhook_id=new_webhook_id(),
             job_id=job.id,
+            tenant_id=job.tenant_id,
             type=f"job.{name}",
             body=callback_body(job, name, now),
             created_at=now,

@@ -1,13 +1,15 @@
 """Signing (the standardwebhooks package) and sending one callback attempt, SSRF-safe.
 
 The sender never raises for the receiver's trouble: every outcome is an `AttemptResult`, which the
-outbox stores as an attempt row.
+outbox stores as an attempt row. Each callback is signed with every secret its tenant holds valid
+(`SecretsOf`), newest first: during a rotation a receiver verifies with the old or the new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -53,24 +55,41 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+SecretsOf = Callable[[int], Awaitable[list[str]]]
+"""A tenant id → the secrets its callbacks are signed with now, newest first."""
+
+SECRETS_TTL = 1.0  # seconds a tenant's secrets are reused before they are read again
+
+
 class WebhookSender:
-    def __init__(self, secret: str, http: httpx.AsyncClient, timeout: float) -> None:
-        self._signer = Webhook(secret)
+    def __init__(self, secrets_of: SecretsOf, http: httpx.AsyncClient, timeout: float) -> None:
+        self._secrets_of = secrets_of
+        self._secrets: dict[int, tuple[float, list[Webhook]]] = {}  # tenant → (read at, signers)
         self._http = http
         self._timeout = timeout
 
-    def headers(self, webhook_id: str, body: str, at: datetime) -> dict[str, str]:
+    async def _signers(self, tenant_id: int) -> list[Webhook]:
+        # Read at most once a second per tenant: a rotation is seen within that, a grace's end too.
+        read_at, signers = self._secrets.get(tenant_id, (-SECRETS_TTL, []))
+        if time.monotonic() - read_at >= SECRETS_TTL:
+            signers = [Webhook(secret) for secret in await self._secrets_of(tenant_id)]
+            self._secrets[tenant_id] = (time.monotonic(), signers)
+        return signers
+
+    async def headers(self, tenant_id: int, webhook_id: str, body: str, at: datetime) -> dict[str, str]:
+        signers = await self._signers(tenant_id)
         return {
             "content-type": "application/json",
             "webhook-id": webhook_id,
             "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": self._signer.sign(webhook_id, at, body),
+            # One `v1,<signature>` per valid secret, space-separated (Standard Webhooks).
+            "webhook-signature": " ".join(signer.sign(webhook_id, at, body) for signer in signers),
             "user-agent": f"akool-relay/{__version__}",
         }
 
-    async def send(self, url: str, webhook_id: str, body: str) -> AttemptResult:
+    async def send(self, tenant_id: int, url: str, webhook_id: str, body: str) -> AttemptResult:
         started = time.perf_counter()
-        headers = self.headers(webhook_id, body, datetime.now(UTC))
+        headers = await self.headers(tenant_id, webhook_id, body, datetime.now(UTC))
         try:
             # The whole attempt, not each socket operation, is bounded by the delivery timeout.
             async with asyncio.timeout(self._timeout):

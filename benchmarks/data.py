@@ -120,7 +120,7 @@ async def insert_jobs(
     from sqlmodel import col
 
     from app.db import Database
-    from app.models import Event, Job
+    from app.models import DEFAULT_TENANT_ID, Event, Job
     from app.schemas import JobCreate
     from app.store.jobs import new_job_row
 
@@ -137,7 +137,7 @@ async def insert_jobs(
                     video_model_id=f"{prefix}{i}", callback_url=callback_url, metadata={}, events=[]
                 )
                 # Every row has the same keys: an executemany takes its columns from the first one.
-                row = {**OPTIONAL_COLUMNS, **new_job_row(spec, now, settings)}
+                row = {**OPTIONAL_COLUMNS, **new_job_row(spec, DEFAULT_TENANT_ID, now, settings)}
                 row["events"] = ["completed", "failed", "expired"]
                 row["next_poll_at"] = now + timedelta(seconds=due_in)
                 if seen:

@@ -36,7 +36,7 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.common import API_KEY, BASE_ENV, WEBHOOK_SECRET, LagMonitor, ms, percentile, say
+from benchmarks.common import API_KEY, BASE_ENV, LagMonitor, ms, percentile, say
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/"
 AGE_DAYS = 100  # the old jobs finished this long ago; the relay keeps 90 (the default)
@@ -292,7 +292,7 @@ async def measure(url: str, opts: argparse.Namespace) -> dict[str, Any]:
             RELAY_RETENTION_DAYS=90,
         )
         db = Database(settings.database_url, pool_size=settings.database_pool_size)
-        relay = Runtime(settings, db, WEBHOOK_SECRET)
+        relay = Runtime(settings, db)
         relay.start()
         relay.scheduler.remove_job("housekeeping")  # the pass below is the only one
         relay.events_waiting()

@@ -25,7 +25,6 @@ from typing import Any
 from benchmarks.common import (
     API_KEY,
     BASE_ENV,
-    WEBHOOK_SECRET,
     LagMonitor,
     Proc,
     ms,
@@ -96,7 +95,7 @@ async def relay_child(args: dict[str, Any]) -> dict[str, Any]:
     )
     constructed = time.perf_counter()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
-    relay = Runtime(settings, db, WEBHOOK_SECRET)  # before the ticks (and before uvicorn would serve)
+    relay = Runtime(settings, db)  # before the ticks (and before uvicorn would serve)
     construct_s = time.perf_counter() - constructed
     lag = LagMonitor().start()  # the ticks: from the scheduler's start on
     started = time.monotonic()

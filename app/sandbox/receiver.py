@@ -30,6 +30,7 @@ class Received:
     headers: dict[str, str]
     at: float  # time.time() when it arrived
     verified: bool
+    raw: bytes = b""  # the body as it came (what a signature covers)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Receiver:
         except ValueError:
             return JSONResponse({"detail": "not JSON"}, status_code=400)
         webhook_id = headers.get("webhook-id", "")
-        record = Received(webhook_id, body.get("type", ""), body, headers, time.time(), verified)
+        record = Received(webhook_id, body.get("type", ""), body, headers, time.time(), verified, raw)
         self.attempts.append(record)
         self._tries[webhook_id] += 1
         b = self.behaviour

@@ -13,6 +13,7 @@ once the call it recorded cannot be running any more, and is never sent again.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +55,12 @@ class KeptCreate:
 
 
 Respond = Callable[[list[tuple[Registered, JobPublic]]], tuple[int, dict[str, Any]]]
+
+
+def tenant_key(tenant_id: int, idempotency_key: str) -> str:
+    """The row's key: the tenant's own (another tenant's equal key is another key, and never sees
+    this one's answer), hashed so that it fits the column whatever the client sent (migration 0007)."""
+    return f"{tenant_id}/{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
 
 
 async def begin(db: Database, key: str, request_hash: str) -> tuple[KeptCreate | None, datetime]:
@@ -98,13 +105,18 @@ class _Vanished(Exception):
 
 
 async def record_created(
-    db: Database, settings: Settings, key: str, specs: Sequence[JobCreate], respond: Respond
+    db: Database,
+    settings: Settings,
+    key: str,
+    tenant_id: int,
+    specs: Sequence[JobCreate],
+    respond: Respond,
 ) -> tuple[int, dict[str, Any]]:
-    """In one transaction: register the jobs exactly as POST /jobs does, and keep the answer
+    """In one transaction: register the tenant's jobs exactly as POST /jobs does, and keep the answer
     `respond(registered)` makes of them (the key becomes `done`). Returns that answer."""
 
     async def work(session: AsyncSession) -> tuple[int, dict[str, Any]]:
-        registered = await jobstore._insert_new(session, settings, specs) if specs else []
+        registered = await jobstore.insert_new_jobs(session, settings, tenant_id, specs) if specs else []
         status_code, body = respond(registered)
         await _set(session, key, CreateState.DONE, status_code, body)
         return status_code, body

@@ -26,6 +26,7 @@ from app.webhooks import AttemptResult
 class ClaimedEvent:
     id: int
     job_id: int
+    tenant_id: int  # whose secrets sign it
     webhook_id: str
     body: str
     attempts: int
@@ -87,6 +88,7 @@ async def lease_new(
             ClaimedEvent(
                 e.id,
                 e.job_id,
+                e.tenant_id,
                 e.webhook_id,
                 e.body,
                 e.attempts,
@@ -113,7 +115,15 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
         .order_by(col(Event.next_attempt_at))
         .limit(n)
     )
-    returning = [Event.id, Event.job_id, Event.webhook_id, Event.body, Event.attempts, Event.pushed_at]
+    returning = [
+        Event.id,
+        Event.job_id,
+        Event.tenant_id,
+        Event.webhook_id,
+        Event.body,
+        Event.attempts,
+        Event.pushed_at,
+    ]
     async with db.write() as session:
         token, rows = await leases.claim(
             session, Event, due, now=now, lease_seconds=lease_seconds, returning=returning
@@ -129,7 +139,9 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
             )
         }
     return [
-        ClaimedEvent(r.id, r.job_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id], r.pushed_at)
+        ClaimedEvent(
+            r.id, r.job_id, r.tenant_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id], r.pushed_at
+        )
         for r in rows
     ]
 

@@ -1,13 +1,15 @@
 """The jobs the API reads and changes: register, read, list, summarize, change, cancel, redeliver.
 
 Routes stay thin; everything here raises `errors.RelayError` subclasses for the client's mistakes.
+Every function takes a `Scope` (SPEC §8): one tenant, whose jobs alone it sees (another tenant's job
+is looked for by the same one query as an unknown id, and answers the same), or every tenant, for
+an operator; an operator's view gives each job its `tenant`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -20,7 +22,7 @@ from sqlmodel import SQLModel, col
 from app import scheduling
 from app.config import Settings
 from app.db import Database
-from app.errors import JobNotFound, NothingToRedeliver
+from app.errors import AmbiguousJob, JobNotFound, NothingToRedeliver
 from app.models import (
     Attempt,
     Event,
@@ -28,6 +30,7 @@ from app.models import (
     Job,
     JobStatus,
     StatusCount,
+    Tenant,
     Transition,
     UpstreamHealth,
     utcnow,
@@ -46,7 +49,17 @@ from app.schemas import (
 )
 from app.states import Cancelled, JobView, apply_decision, decide
 
-MAX_ID = 2**31 - 1  # job.id is a 32-bit integer on PostgreSQL
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose jobs a request sees: one tenant's (`tenant_id`), or every tenant's (None); and whether it
+    is an operator's view, where each job says its `tenant`."""
+
+    tenant_id: int | None
+    operator: bool
+
+
+EVERYONE = Scope(tenant_id=None, operator=True)
 
 # One executemany of a cached statement. RETURNING makes SQLAlchemy send it as multi-row INSERTs of up
 # to 1,000 rows ("insertmanyvalues"), so PostgreSQL's statement-level count trigger runs once per page,
@@ -55,9 +68,10 @@ JOB_TABLE = SQLModel.metadata.tables[Job.__tablename__]
 INSERT_JOBS = sa.insert(JOB_TABLE).returning(JOB_TABLE.c.id)
 
 
-def new_job_row(spec: JobCreate, now: datetime, settings: Settings) -> dict[str, Any]:
+def new_job_row(spec: JobCreate, tenant_id: int, now: datetime, settings: Settings) -> dict[str, Any]:
     queued = scheduling.PollClass.QUEUED  # pending: its first poll is claimed after running jobs
     return {
+        "tenant_id": tenant_id,
         "video_model_id": spec.video_model_id,
         "status": JobStatus.PENDING.value,
         "callback_url": spec.callback_url,
@@ -85,12 +99,13 @@ class Registered(Enum):
 
 
 async def register(
-    db: Database, settings: Settings, specs: Sequence[JobCreate]
+    db: Database, settings: Settings, tenant_id: int, specs: Sequence[JobCreate]
 ) -> list[tuple[Registered, JobPublic]]:
-    """Track each job; returns what was found and the job (the existing one unless new), in order."""
+    """Track each job for the tenant; returns what was found and the job (the existing one unless
+    new), in order. Another tenant tracking the same id changes nothing here (SPEC §8)."""
 
     async def insert_new(session: AsyncSession) -> list[tuple[Registered, JobPublic]]:
-        return await _insert_new(session, settings, specs)
+        return await insert_new_jobs(session, settings, tenant_id, specs)
 
     try:
         return await db.run(insert_new, urgent=True)  # urgent: a client waits
@@ -99,21 +114,24 @@ async def register(
         return await db.run(insert_new, urgent=True)
 
 
-async def _insert_new(
-    session: AsyncSession, settings: Settings, specs: Sequence[JobCreate]
+async def insert_new_jobs(
+    session: AsyncSession, settings: Settings, tenant_id: int, specs: Sequence[JobCreate]
 ) -> list[tuple[Registered, JobPublic]]:
+    """`register` in the caller's transaction."""
     now = utcnow()
     ids = {s.video_model_id for s in specs}
     existing: dict[str, tuple[str, JobPublic]] = {
         j.video_model_id: (j.callback_url, JobPublic.model_validate(j))
-        for j in await session.scalars(sa.select(Job).where(col(Job.video_model_id).in_(ids)))
+        for j in await session.scalars(
+            sa.select(Job).where(col(Job.tenant_id) == tenant_id, col(Job.video_model_id).in_(ids))
+        )
     }
     rows: list[dict[str, Any]] = []
     results: list[tuple[Registered, JobPublic]] = []
     for spec in specs:
         known = existing.get(spec.video_model_id)
         if known is None:
-            row = new_job_row(spec, now, settings)
+            row = new_job_row(spec, tenant_id, now, settings)
             rows.append(row)
             known = existing[spec.video_model_id] = (spec.callback_url, JobPublic.model_validate(row))
             results.append((Registered.NEW, known[1]))
@@ -125,19 +143,40 @@ async def _insert_new(
     return results
 
 
-async def get_job(session: AsyncSession, video_model_id: str, *, for_update: bool = False) -> Job:
-    stmt = sa.select(Job).where(col(Job.video_model_id) == video_model_id)
+async def get_job(
+    session: AsyncSession, scope: Scope, video_model_id: str, *, for_update: bool = False
+) -> Job:
+    """The job in scope: one query whether it is unknown or another tenant's (nothing to time)."""
+    stmt = sa.select(Job).where(col(Job.video_model_id) == video_model_id).limit(2)
+    if scope.tenant_id is not None:
+        stmt = stmt.where(col(Job.tenant_id) == scope.tenant_id)
     if for_update:
         stmt = stmt.with_for_update()
-    job = (await session.execute(stmt)).scalar_one_or_none()
-    if job is None:
+    found = list(await session.scalars(stmt))
+    if not found:
         raise JobNotFound()
-    return job
+    if len(found) > 1:  # an operator, and several tenants track this id
+        raise AmbiguousJob()
+    return found[0]
 
 
-async def detail(db: Database, video_model_id: str) -> JobDetail:
+async def tenant_names(session: AsyncSession) -> dict[int, str]:
+    rows = await session.execute(sa.select(col(Tenant.id), col(Tenant.name)))
+    return {i: n for i, n in rows if i is not None}
+
+
+def public(job: Job, names: dict[int, str] | None) -> JobPublic:
+    """The job's JSON; with `names` (an operator's view), its tenant's name too."""
+    view = JobPublic.model_validate(job)
+    if names is not None:
+        view.tenant = names.get(job.tenant_id)
+    return view
+
+
+async def detail(db: Database, scope: Scope, video_model_id: str) -> JobDetail:
     async with db.read() as session:
-        job = await get_job(session, video_model_id)
+        job = await get_job(session, scope, video_model_id)
+        names = await tenant_names(session) if scope.operator else None
         transitions = await session.scalars(
             sa.select(Transition).where(col(Transition.job_id) == job.id).order_by(col(Transition.id))
         )
@@ -158,7 +197,7 @@ async def detail(db: Database, video_model_id: str) -> JobDetail:
                     )
                 )
     return JobDetail(
-        **JobPublic.model_validate(job).model_dump(),
+        **public(job, names).model_dump(),
         transitions=[
             TransitionPublic(
                 from_status=t.from_status, to_status=t.to_status, at=t.at, progress=t.progress, via=t.via
@@ -180,9 +219,10 @@ async def detail(db: Database, video_model_id: str) -> JobDetail:
     )
 
 
-async def update(db: Database, video_model_id: str, change: JobUpdate) -> JobPublic:
+async def update(db: Database, scope: Scope, video_model_id: str, change: JobUpdate) -> JobPublic:
     async with db.write(urgent=True) as session:  # a client waits
-        job = await get_job(session, video_model_id, for_update=True)
+        job = await get_job(session, scope, video_model_id, for_update=True)
+        names = await tenant_names(session) if scope.operator else None
         if change.callback_url is not None:
             job.callback_url = change.callback_url
         if change.metadata is not None:
@@ -190,13 +230,13 @@ async def update(db: Database, video_model_id: str, change: JobUpdate) -> JobPub
         if change.events is not None:
             job.events = list(change.events)
         job.updated_at = utcnow()
-    return JobPublic.model_validate(job)
+    return public(job, names)
 
 
-async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
+async def cancel(db: Database, settings: Settings, scope: Scope, video_model_id: str) -> None:
     """Stop tracking: the job becomes `cancelled` (a finished job stays as it is)."""
     async with db.write(urgent=True) as session:  # a client waits
-        job = await get_job(session, video_model_id, for_update=True)
+        job = await get_job(session, scope, video_model_id, for_update=True)
         view = JobView(JobStatus(job.status), job.progress, tuple(job.events))
         now = utcnow()
         decision = decide(view, Cancelled(), now, settings.not_found_grace)
@@ -204,10 +244,10 @@ async def cancel(db: Database, settings: Settings, video_model_id: str) -> None:
             apply_decision(session, job, decision, now, settings, polled=False, via="client")
 
 
-async def redeliver(db: Database, video_model_id: str) -> Event:
+async def redeliver(db: Database, scope: Scope, video_model_id: str) -> Event:
     """Queue the job's latest event again, same webhook-id, with a fresh retry schedule."""
     async with db.write(urgent=True) as session:  # a client waits
-        job = await get_job(session, video_model_id, for_update=True)
+        job = await get_job(session, scope, video_model_id, for_update=True)
         event = await session.scalar(
             sa.select(Event)
             .where(col(Event.job_id) == job.id)
@@ -226,60 +266,48 @@ async def redeliver(db: Database, video_model_id: str) -> Event:
     return event
 
 
-def encode_cursor(job_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{job_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The job id a cursor points past; ValueError when it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("not a cursor this service issued") from None
-    prefix, _, number = raw.partition(":")
-    if prefix != "id" or not (number.isascii() and number.isdigit()) or int(number) > MAX_ID:
-        raise ValueError("not a cursor this service issued")
-    return int(number)
-
-
-async def page(db: Database, statuses: list[JobStatus], limit: int, cursor: int | None) -> JobsPage:
+async def page(
+    db: Database, scope: Scope, statuses: list[JobStatus], limit: int, before: int | None
+) -> tuple[JobsPage, int | None]:
+    """A page of the scope's jobs, newest first, from before row `before`; with the row id the next
+    page starts before (None on the last page), for the route to seal into a cursor."""
     async with db.read() as session:
         stmt = sa.select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
+        if scope.tenant_id is not None:
+            stmt = stmt.where(col(Job.tenant_id) == scope.tenant_id)
         if statuses:
             stmt = stmt.where(col(Job.status).in_([s.value for s in statuses]))
-        if cursor is not None:
-            stmt = stmt.where(col(Job.id) < cursor)
+        if before is not None:
+            stmt = stmt.where(col(Job.id) < before)
         jobs = list(await session.scalars(stmt))
-        summary = await summarize(session)
+        counts = await summarize(session, scope)
+        names = await tenant_names(session) if scope.operator else None
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return JobsPage(
-        summary=summary,
-        items=[JobPublic.model_validate(j) for j in jobs],
-        next_cursor=encode_cursor(jobs[-1].id or 0) if more and jobs else None,
-    )
+    items = [public(j, names) for j in jobs]
+    return JobsPage(summary=counts, items=items, next_cursor=None), (jobs[-1].id if more and jobs else None)
 
 
-async def summary(db: Database) -> Summary:
+async def summary(db: Database, scope: Scope) -> Summary:
     async with db.read() as session:
-        return await summarize(session)
+        return await summarize(session, scope)
 
 
-async def summarize(session: AsyncSession) -> Summary:
+async def summarize(session: AsyncSession, scope: Scope) -> Summary:
     jobs = {s.value: 0 for s in JobStatus}
     deliveries = {s.value: 0 for s in EventState}
     counters = {"job": jobs, "event": deliveries}
     totals = sa.select(
         col(StatusCount.kind), col(StatusCount.status), sa.func.sum(col(StatusCount.n))
     ).group_by(col(StatusCount.kind), col(StatusCount.status))
+    if scope.tenant_id is not None:
+        totals = totals.where(col(StatusCount.tenant_id) == scope.tenant_id)
     for kind, status, n in await session.execute(totals):
         counters[kind][status] = int(n)
-    oldest = await session.scalar(
-        sa.select(col(Job.created_at))
-        .where(col(Job.next_poll_at).is_not(None))
-        .order_by(col(Job.id))
-        .limit(1)
-    )
+    first_unfinished = sa.select(col(Job.created_at)).where(col(Job.next_poll_at).is_not(None))
+    if scope.tenant_id is not None:  # ix_job_tenant_unfinished_id; ix_job_unfinished_id for all
+        first_unfinished = first_unfinished.where(col(Job.tenant_id) == scope.tenant_id)
+    oldest = await session.scalar(first_unfinished.order_by(col(Job.id)).limit(1))
     health = await session.get(UpstreamHealth, 1) or UpstreamHealth()
     return Summary(
         jobs=jobs,

@@ -1,34 +1,25 @@
-"""Values the service generates once and keeps (`models.KeptValue`): the webhook secret."""
+"""Values the service generates once and keeps (`models.KeptValue`): the key cursors are sealed with."""
 
 from __future__ import annotations
 
-import base64
-import secrets
+from collections.abc import Callable
 
 import sqlalchemy as sa
-from pydantic import SecretStr
 from sqlmodel import col
 
 from app.db import Database
 from app.models import KeptValue
 from app.store.dialect import upsert
 
-WEBHOOK_SECRET_KEY = "webhook_secret"
+CURSOR_KEY = "cursor_key"
 
 
-async def webhook_secret(db: Database, configured: SecretStr | None) -> str:
-    """RELAY_WEBHOOK_SECRET (`configured`), or the one generated at first start and kept here."""
-    if configured is not None:
-        return configured.get_secret_value()
-    generated = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+async def kept_value(db: Database, key: str, make: Callable[[], str]) -> str:
+    """The value kept under `key`, made by `make()` the first time."""
     async with db.write() as session:
         # Several replicas may start at once: the first insert wins and everyone reads it back.
         await session.execute(
-            upsert(session, KeptValue)
-            .values(key=WEBHOOK_SECRET_KEY, value=generated)
-            .on_conflict_do_nothing()
+            upsert(session, KeptValue).values(key=key, value=make()).on_conflict_do_nothing()
         )
-        value = await session.scalar(
-            sa.select(col(KeptValue.value)).where(col(KeptValue.key) == WEBHOOK_SECRET_KEY)
-        )
+        value = await session.scalar(sa.select(col(KeptValue.value)).where(col(KeptValue.key) == key))
     return str(value)

@@ -28,6 +28,7 @@ from app.store import leases
 @dataclass(frozen=True)
 class ClaimedJob:
     id: int
+    tenant_id: int
     video_model_id: str
     expires_at: datetime
     token: str
@@ -54,7 +55,7 @@ async def claim_due(
         batches.append(lambda k: due.where(col(Job.push_due)).order_by(earliest).limit(k))
         batches.append(lambda k: by_priority(now, k))
     claimed: list[ClaimedJob] = []
-    returning = [Job.id, Job.video_model_id, Job.expires_at]
+    returning = [Job.id, Job.tenant_id, Job.video_model_id, Job.expires_at]
     async with db.write() as session:
         for batch in batches:
             if len(claimed) >= n:
@@ -67,7 +68,9 @@ async def claim_due(
                 lease_seconds=lease_seconds,
                 returning=returning,
             )
-            claimed.extend(ClaimedJob(r.id, r.video_model_id, r.expires_at, token, now) for r in rows)
+            claimed.extend(
+                ClaimedJob(r.id, r.tenant_id, r.video_model_id, r.expires_at, token, now) for r in rows
+            )
     return claimed
 
 
@@ -94,6 +97,14 @@ def by_priority(now: datetime, n: int) -> sa.Select[Any]:
     merged = sa.union_all(*(sa.select(r.c.id, r.c.claim_at) for r in ranges)).subquery("due")
     first = sa.select(merged.c.id).order_by(merged.c.claim_at, merged.c.id).limit(n)
     return sa.select(col(Job.id)).where(col(Job.id).in_(first))
+
+
+async def next_due_at(db: Database, now: datetime) -> datetime | None:
+    """When the next job falls due after `now` (the first entry of ix_job_next_poll_at after it)."""
+    async with db.read() as session:
+        return await session.scalar(
+            sa.select(sa.func.min(col(Job.next_poll_at))).where(col(Job.next_poll_at) > now)
+        )
 
 
 async def release(db: Database, items: Iterable[ClaimedJob]) -> None:

@@ -26,26 +26,37 @@ class PushEffect(Enum):
     MADE_DUE = "made_due"  # counted, and the job is due now, ahead of the others
 
 
+STRENGTH = [PushEffect.UNKNOWN, PushEffect.FINISHED, PushEffect.COUNTED, PushEffect.MADE_DUE]
+
+
 async def note_push(
     db: Database, video_model_id: str, *, ending: bool, now: datetime, min_interval: float
 ) -> PushEffect:
+    """Apply the push to every tenant's job with this id (each is polled on its own for now); the
+    effect is the strongest of theirs."""
     async with db.write(urgent=True) as session:  # Akool waits for our answer
-        job = await session.scalar(
-            sa.select(Job).where(col(Job.video_model_id) == video_model_id).with_for_update()
+        jobs = await session.scalars(
+            sa.select(Job)
+            .where(col(Job.video_model_id) == video_model_id)
+            .order_by(col(Job.id))  # the lock order of every writer that locks several jobs
+            .with_for_update()
         )
-        if job is None:
-            return PushEffect.UNKNOWN
-        if job.status in TERMINAL_STATUSES:
-            return PushEffect.FINISHED
-        job.push_count += 1
-        job.last_pushed_at = now
-        if ending and not job.ending_push_seen:
-            job.ending_push_seen = True
-        elif job.push_due_at is not None and now - job.push_due_at < timedelta(seconds=min_interval):
-            return PushEffect.COUNTED
-        job.push_due, job.push_due_at = True, now
-        if job.next_poll_at is None or job.next_poll_at > now:
-            job.next_poll_at = now
-        if job.claim_at is None or job.claim_at > now:
-            job.claim_at = now  # ahead of its class too, should the pushed batch not take it
-        return PushEffect.MADE_DUE
+        effects = [_note(job, ending=ending, now=now, min_interval=min_interval) for job in jobs]
+    return max(effects, key=STRENGTH.index, default=PushEffect.UNKNOWN)
+
+
+def _note(job: Job, *, ending: bool, now: datetime, min_interval: float) -> PushEffect:
+    if job.status in TERMINAL_STATUSES:
+        return PushEffect.FINISHED
+    job.push_count += 1
+    job.last_pushed_at = now
+    if ending and not job.ending_push_seen:
+        job.ending_push_seen = True
+    elif job.push_due_at is not None and now - job.push_due_at < timedelta(seconds=min_interval):
+        return PushEffect.COUNTED
+    job.push_due, job.push_due_at = True, now
+    if job.next_poll_at is None or job.next_poll_at > now:
+        job.next_poll_at = now
+    if job.claim_at is None or job.claim_at > now:
+        job.claim_at = now  # ahead of its class too, should the pushed batch not take it
+    return PushEffect.MADE_DUE

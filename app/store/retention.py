@@ -38,6 +38,7 @@ class Deleted:
     events: int = 0
     attempts: int = 0
     idempotency_keys: int = 0
+    credentials: int = 0  # revoked tokens and expired webhook secrets
 
     def __add__(self, other: Deleted) -> Deleted:
         return Deleted(
@@ -46,12 +47,14 @@ class Deleted:
             self.events + other.events,
             self.attempts + other.attempts,
             self.idempotency_keys + other.idempotency_keys,
+            self.credentials + other.credentials,
         )
 
     def __str__(self) -> str:
         return (
             f"{self.jobs:,} jobs ({self.transitions:,} transitions, {self.events:,} events, "
             f"{self.attempts:,} attempts) and {self.idempotency_keys:,} idempotency keys"
+            + (f", {self.credentials:,} revoked tokens or expired secrets" if self.credentials else "")
         )
 
 

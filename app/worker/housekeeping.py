@@ -1,8 +1,8 @@
 """Housekeeping: deletes what only grows, in short batches, while polling and delivery carry on.
 
 Today that is finished jobs past RELAY_RETENTION_DAYS (SPEC §6), with their transitions, events and
-attempts, and the idempotency keys of POST /translations past 24 h. When they arrive, revoked tokens
-and expired secrets past a week, and /stats data past a day, are removed by this loop too.
+attempts, the idempotency keys of POST /translations past 24 h, and revoked tokens and expired
+webhook secrets past a week. When it arrives, /stats data past a day is removed by this loop too.
 
 Each batch is its own transaction, taken as background work (`urgent=False`: on SQLite, a client's
 write or a poll result waiting for the one writer goes first), and the loop yields between batches.
@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from app.config import Settings
 from app.db import Database
 from app.models import utcnow
-from app.store import creates, retention
+from app.store import creates, retention, tenants
 from app.store.retention import Deleted
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ INTERVAL = 60.0  # seconds between passes (SPEC §6: at least once a minute)
 # 772 jobs/s), about half of it the per-row count triggers, so a batch holds its counter shard ~0.26 s.
 BATCH_JOBS = 200
 IDEMPOTENCY_KEYS_KEPT = timedelta(hours=24)  # SPEC §6
+CREDENTIALS_KEPT = timedelta(days=7)  # revoked tokens, expired secrets (SPEC §6)
 
 
 class Housekeeper:
@@ -55,12 +56,14 @@ class Housekeeper:
 
     async def prune(self) -> Deleted:
         """One full pass: the finished, settled jobs older than the retention (none when it is 0), then
-        the idempotency keys past 24 h. Returns what it deleted."""
+        the idempotency keys past 24 h, then old credentials. Returns what it deleted."""
         now = utcnow()
         deleted = Deleted()
         if self.settings.retention_days > 0:
             deleted += await self._jobs(now - timedelta(days=self.settings.retention_days))
-        return deleted + await self._idempotency_keys(now - IDEMPOTENCY_KEYS_KEPT)
+        deleted += await self._idempotency_keys(now - IDEMPOTENCY_KEYS_KEPT)
+        work = functools.partial(tenants.delete_expired_credentials, older_than=now - CREDENTIALS_KEPT)
+        return deleted + Deleted(credentials=await self.db.run(work, urgent=False))
 
     async def _jobs(self, cutoff: datetime) -> Deleted:
         total = Deleted()

@@ -74,7 +74,7 @@ class Outbox:
     async def deliver(self, item: ClaimedEvent) -> None:
         result: AttemptResult | None = None
         try:
-            result = await self.sender.send(item.callback_url, item.webhook_id, item.body)
+            result = await self.sender.send(item.tenant_id, item.callback_url, item.webhook_id, item.body)
         finally:
             # Always keep the attempt, even when the send was interrupted.
             await self._settle(item, result or AttemptResult(None, "interrupted", 0.0))
@@ -96,7 +96,7 @@ class Outbox:
                 delay = honour_retry_after(jittered(delay), result.retry_after)
                 state, next_at, outcome = EventState.RETRYING, now + timedelta(seconds=delay), "failed"
         self.metrics.deliveries.labels(outcome).inc()
-        fields = delivery_fields(item.webhook_id, item.video_model_id)
+        fields = delivery_fields(item.webhook_id, item.video_model_id, str(item.tenant_id))
         answer = result.status_code if result.status_code is not None else result.error
         if result.ok and item.pushed_at is not None:
             self.metrics.push_callback_latency.observe((now - item.pushed_at).total_seconds())

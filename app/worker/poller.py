@@ -8,10 +8,12 @@ events are leased in that transaction and handed straight to the outbox after th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,7 +43,7 @@ CLAIM_HORIZON = 0.2
 class PollBatchWritten:
     """What a poll transaction did: the state changes it made, the events it leased."""
 
-    changes: list[tuple[str, JobStatus, JobStatus]]  # video_model_id, from, to
+    changes: list[tuple[str, int, JobStatus, JobStatus]]  # video_model_id, tenant id, from, to
     handoff: Handoff
 
 
@@ -80,6 +82,10 @@ class Poller:
             db, self._write, then=self._committed
         )
         self._results: list[PollResult] = []  # since the last health write
+        # The last claim found fewer due jobs than the budget let it take: polls ahead of an
+        # estimate cost nothing scarce (app/scheduling.py, placement).
+        self.spare = False
+        self._next_wake: asyncio.TimerHandle | None = None  # a claim when the next job falls due
         self._probe_after = 0.0  # monotonic time of the next probe while paused
 
     async def tick(self) -> None:
@@ -104,6 +110,7 @@ class Poller:
         # waiting for a slot: a job a push makes due must not queue in memory behind claimed ones.
         n = min(n, max(1, math.ceil(self.limiter.rate * CLAIM_HORIZON)) - self.limiter.waiting)
         if n <= 0:
+            self.spare = False
             return []  # a finished poll wakes the pump, and the claim runs again then
         probe = False
         if self.health.paused and time.monotonic() >= self._probe_after:
@@ -111,9 +118,29 @@ class Poller:
             # when Akool accepts again (jobs still expire on time).
             self._probe_after = time.monotonic() + self.settings.poll_interval_min
             probe = True
-        return await polls.claim_due(
-            self.db, n, utcnow(), self.settings.lease_seconds, expiring_only=self.health.paused, probe=probe
+        now = utcnow()
+        claimed = await polls.claim_due(
+            self.db, n, now, self.settings.lease_seconds, expiring_only=self.health.paused, probe=probe
         )
+        self.spare = len(claimed) < n
+        if self.spare and not self.health.paused:
+            await self._wake_when_next_due(now)
+        return claimed
+
+    async def _wake_when_next_due(self, now: datetime) -> None:
+        """Nothing more is due: claim again when the next job falls due, not at the next tick (a poll
+        placed at an estimate would otherwise wait up to RELAY_TICK_INTERVAL for it)."""
+        if self.pump.driven:
+            return
+        due = await polls.next_due_at(self.db, now)
+        if due is None:
+            return
+        delay = (due - now).total_seconds()
+        if delay >= self.settings.tick_interval:
+            return  # the tick comes first
+        if self._next_wake is not None:
+            self._next_wake.cancel()
+        self._next_wake = asyncio.get_running_loop().call_later(max(0.0, delay), self.pump.wake)
 
     async def release(self, items: list[ClaimedJob]) -> None:
         await polls.release(self.db, items)
@@ -133,7 +160,7 @@ class Poller:
 
     def _note(self, item: ClaimedJob, result: PollResult) -> None:
         """React to what the answer says about Akool as a whole, at once (not at the next tick)."""
-        fields = job_fields(item.video_model_id)
+        fields = job_fields(item.video_model_id, str(item.tenant_id))
         log.log(
             logging.DEBUG if result.kind in ANSWERED else logging.INFO,
             "poll of %s: %s%s",
@@ -172,7 +199,7 @@ class Poller:
         jobs = await polls.lock_jobs(session, (outcome.item.id for outcome in batch))
         now = utcnow()
         created: list[tuple[Job, list[Event]]] = []
-        changes: list[tuple[str, JobStatus, JobStatus]] = []
+        changes: list[tuple[str, int, JobStatus, JobStatus]] = []
         for outcome in batch:
             job = jobs.get(outcome.item.id)
             if job is None or job.lease_token != outcome.item.token or job.status in TERMINAL_STATUSES:
@@ -203,12 +230,15 @@ class Poller:
                 polled=outcome.result is not None,
                 via=via,
                 pushed_at=job.last_pushed_at if pushed else None,
+                spare=self.spare,
             )
             if pushed:
                 job.push_due = False
             elif job.push_due and job.next_poll_at is not None:
                 job.next_poll_at = job.claim_at = now
-            changes.extend((job.video_model_id, old, new) for old, new, _ in decision.transitions)
+            changes.extend(
+                (job.video_model_id, job.tenant_id, old, new) for old, new, _ in decision.transitions
+            )
             if new_events:
                 created.append((job, new_events))
         handoff = await events.lease_new(
@@ -218,9 +248,8 @@ class Poller:
 
     def _committed(self, written: PollBatchWritten) -> None:
         # Counted and logged after the commit: a transaction PostgreSQL aborts runs again (Database.run).
-        for video_model_id, old, new in written.changes:
+        for video_model_id, tenant_id, old, new in written.changes:
             self.metrics.transitions.labels(new.value).inc()
-            log.info(
-                "job %s: %s → %s", video_model_id, old.value, new.value, extra=job_fields(video_model_id)
-            )
+            fields = job_fields(video_model_id, str(tenant_id))
+            log.info("job %s: %s → %s", video_model_id, old.value, new.value, extra=fields)
         self.outbox.hand_over(written.handoff)

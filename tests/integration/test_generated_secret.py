@@ -61,7 +61,8 @@ async def delivered_by(relay: RelayProcess) -> float:
 
 
 async def kept_secrets(db_url: str) -> list[str]:
-    rows = await fetch(db_url, "SELECT value FROM setting WHERE key = 'webhook_secret'")
+    """The `default` tenant's secrets in the database (RELAY_WEBHOOK_SECRET is never stored)."""
+    rows = await fetch(db_url, "SELECT secret FROM tenant_secret WHERE tenant_id = 1 ORDER BY id")
     return [str(value) for (value,) in rows]
 
 

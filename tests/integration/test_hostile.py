@@ -1,7 +1,8 @@
 """Hostile input (issue 3 item 6): fuzzing from the relay's own OpenAPI, oversized bodies, bad queries.
 
-The schemathesis run talks to a relay served for real on loopback, with RELAY_API_TOKENS set and the
-bearer header sent. Its client is blocking (requests), so it runs in a worker thread while the event
+The schemathesis run talks to a relay served for real on loopback, with its token set as the
+`default` tenant's and as an admin token, and the bearer header sent (so the operator routes are
+fuzzed too). Its client is blocking (requests), so it runs in a worker thread while the event
 loop keeps serving the relay. Every operation gets positive and negative examples; each answer must
 not be a 5xx and must conform to the schema (declared status code, content type, body schema).
 
@@ -238,7 +239,8 @@ async def hostile_relay(
     # (every poll is answered 1005, which also slows polling to a trickle; the simulated clock stands
     # still as well), so nothing is sent to those hosts.
     sim.set_faults(throttle=1.0)
-    async with start_relay(RELAY_API_TOKENS=TOKEN, RELAY_AKOOL_RATE_LIMIT=20) as r:
+    # TOKEN is an admin token here too: the fuzzer reaches the operator routes (/tenants…) as well.
+    async with start_relay(RELAY_API_TOKENS=TOKEN, RELAY_ADMIN_TOKENS=TOKEN, RELAY_AKOOL_RATE_LIMIT=20) as r:
         yield r
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from app.db import Database
-from app.models import Job, utcnow
+from app.models import DEFAULT_TENANT_ID, Job, utcnow
 from app.sandbox.simulator import ManualClock, Simulator
 from app.scheduling import PollClass
 from app.schemas import JobCreate
@@ -78,7 +78,9 @@ async def test_expected_finish_at_is_in_the_job_json_and_closes_in_on_the_true_e
     vid, queue, process = "predict-1", 1.0, 40.0
     sim.script(vid, queue_seconds=queue, process_seconds=process)
     seen: list[dict[str, Any]] = []  # the job after each poll of it
-    async with start_relay(driven=True, **INTERVALS) as r:
+    # A budget of 5/s lets one poll out per claim: every claim is full, so no poll looks ahead of an
+    # estimate (that is for a budget with room, test_scheduling.py) and each goes at the estimate.
+    async with start_relay(driven=True, RELAY_AKOOL_RATE_LIMIT=5, **INTERVALS) as r:
         job = await register(r, vid)
         assert "expected_finish_at" in job and job["expected_finish_at"] is None
         true_end = relay_clock() + timedelta(seconds=queue + process)  # first seen at the first poll
@@ -94,7 +96,9 @@ async def test_expected_finish_at_is_in_the_job_json_and_closes_in_on_the_true_e
     processing = [j for j in seen if j["status"] == "processing"]
     assert all(j["expected_finish_at"] is None for j in seen if j["status"] != "processing")
     assert seen[-1]["expected_finish_at"] is None  # completed: nothing left to expect
-    assert all(j["expected_finish_at"] is None for j in processing[:2]), "no estimate from two samples"
+    # The first processing poll anchors the start of processing (progress 0 halfway since the poll
+    # before): an estimate needs only a rise of MIN_RISE points after it.
+    assert processing[0]["expected_finish_at"] is None, "progress 0 at the anchor says nothing yet"
     estimates = [(j, at(j, "expected_finish_at")) for j in processing]
     made = [(j, e) for j, e in estimates if e is not None]
     assert len(made) >= 3, [(j["last_polled_at"], j["progress"], j["expected_finish_at"]) for j in seen]
@@ -102,9 +106,11 @@ async def test_expected_finish_at_is_in_the_job_json_and_closes_in_on_the_true_e
         polled = at(j, "last_polled_at")
         assert polled is not None and estimate is not None
         error = abs((estimate - true_end).total_seconds())
-        # Within 10 % of the time then left, give or take one progress point (Akool's is an integer,
-        # here 0.4 s): the estimate closes in on the true end as the job nears it.
-        assert error <= 0.1 * (true_end - polled).total_seconds() + process / 100, (j, true_end)
+        # From a quarter of the way on, within 10 % of the time then left, give or take one progress
+        # point (Akool's is an integer, here 0.4 s): the estimate closes in on the true end. Before,
+        # the start-of-processing anchor (up to half a poll gap off) weighs more: within 25 %.
+        share = 0.1 if j["progress"] >= 25 else 0.25
+        assert error <= share * (true_end - polled).total_seconds() + process / 100, (j, true_end)
     # Each estimate placed the next poll near it: within [MIN, MAX], and within ±MIN of the estimate.
     for j, expected in estimates:
         polled, due = at(j, "last_polled_at"), at(j, "next_poll_at")
@@ -218,7 +224,7 @@ async def _insert_due(db: Database, count: int, due: datetime, url: str) -> None
     spec = JobCreate.model_construct(
         video_model_id="bulk", callback_url="http://127.0.0.1:9/hook", metadata={}, events=[]
     )
-    row = new_job_row(spec, due, settings)
+    row = new_job_row(spec, DEFAULT_TENANT_ID, due, settings)
     row.update(events=["completed"], next_poll_at=due)
     table = Job.metadata.tables["job"]
     numbers = sa.select(sa.literal(0).label("i")).cte("numbers", recursive=True)

@@ -6,21 +6,18 @@ from __future__ import annotations
 import hmac
 import logging
 import traceback
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-from starlette.requests import Request
 
-import app.api.deps as deps
 from app import cli
 from app.config import ConfigError, Settings, load_settings
-from app.errors import Unauthorized
 from app.main import create_app
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
 from tests.support.env import relay_settings
+from tests.support.relay import RelayFactory, RunningRelay
 from tests.support.secrets import (
     API_KEY,
     CLIENT_ID,
@@ -120,34 +117,18 @@ def test_settings_repr_and_str_hide_every_secret() -> None:
 # -- token comparison --------------------------------------------------------------------------
 
 
-def _request(authorization: str | bytes | None) -> Request:
-    headers = (
-        []
-        if authorization is None
-        else [
-            (
-                b"authorization",
-                authorization if isinstance(authorization, bytes) else authorization.encode("latin-1"),
-            )
-        ]
-    )
-    return Request({"type": "http", "method": "GET", "path": "/jobs", "headers": headers})
+async def _status(r: RunningRelay, authorization: str | bytes | None) -> int:
+    value = authorization.encode("latin-1") if isinstance(authorization, str) else authorization
+    headers = [] if value is None else [(b"authorization", value)]
+    async with httpx.AsyncClient(base_url=r.base_url) as bare:  # not the test client's own token
+        return (await bare.get("/jobs", headers=headers)).status_code
 
 
-def _relay(tokens: list[str]) -> Any:
-    return SimpleNamespace(settings=SimpleNamespace(api_token_values=tokens))
-
-
-def _accepted(authorization: str | bytes | None, tokens: list[str]) -> bool:
-    try:
-        deps.require_token(_request(authorization), _relay(tokens))
-    except Unauthorized:
-        return False
-    return True
-
-
-def test_token_comparison_uses_compare_digest_against_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Constant-time in construction: hmac.compare_digest for each configured token, no early exit."""
+async def test_admin_tokens_are_compared_with_compare_digest_against_every_one(
+    start_relay: RelayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Constant-time in construction: hmac.compare_digest for each admin token, no early exit. (A
+    tenant's token is found by its SHA-256 in the database: nothing there to time.)"""
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -157,43 +138,43 @@ def test_token_comparison_uses_compare_digest_against_every_token(monkeypatch: p
 
     monkeypatch.setattr("app.api.deps.hmac.compare_digest", spy)
     tokens = ["tok-SENTINEL-2", "tok-SENTINEL-3", "tok-other-long-token-value"]
-    for presented, ok in [
-        (f"Bearer {tokens[0]}", True),  # a match on the first token still compares with the rest
-        (f"Bearer {tokens[2]}", True),
-        ("Bearer tok-SENTINEL-X", False),
-        ("Bearer nope", False),
-    ]:
-        calls.clear()
-        assert _accepted(presented, tokens) is ok, presented
-        assert len(calls) == len(tokens), (presented, calls)
-        assert sorted(b for _, b in calls) == sorted(t.encode() for t in tokens)
-        assert all(a == presented.split(" ", 1)[1].encode() for a, _ in calls)
+    async with start_relay(driven=True, RELAY_API_TOKENS=None, RELAY_ADMIN_TOKENS=",".join(tokens)) as r:
+        for presented, ok in [
+            (f"Bearer {tokens[0]}", True),  # a match on the first token still compares with the rest
+            (f"Bearer {tokens[2]}", True),
+            ("Bearer tok-SENTINEL-X", False),
+            ("Bearer nope", False),
+        ]:
+            calls.clear()
+            assert (await _status(r, presented) == 200) is ok, presented
+            assert len(calls) == len(tokens), (presented, calls)
+            assert sorted(b for _, b in calls) == sorted(t.encode() for t in tokens)
+            assert all(a == presented.split(" ", 1)[1].encode() for a, _ in calls)
 
 
-def test_token_comparison_behaviour() -> None:
-    tokens = list(TOKENS)
-    assert _accepted(f"Bearer {TOKENS[0]}", tokens)
-    assert _accepted(f"Bearer {TOKENS[1]}", tokens)  # any one of several
-    assert _accepted(f"bearer {TOKENS[1]}", tokens)  # the scheme is case-insensitive
-    assert _accepted(None, [])  # no tokens configured: the API is open
-    refused: list[str | bytes | None] = [
-        None,
-        "",
-        "Bearer",
-        "Bearer ",
-        "Bearer tok-SENTINEL-9",  # same length, same prefix, last character differs
-        "Bearer Tok-SENTINEL-2",  # first character differs
-        "Bearer tok-SENTINEL-",  # a prefix
-        f"Bearer {TOKENS[0]}2",  # an extension
-        f"Bearer {TOKENS[0]},{TOKENS[1]}",  # the configured list
-        f"Bearer {TOKENS[0]} {TOKENS[1]}",
-        f"Basic {TOKENS[0]}",
-        TOKENS[0],
-        b"Bearer tok-SENTINEL-\xb2",  # not ASCII: refused, not an error
-        "Bearer tok-SENTINEL-2\x00",
-    ]
-    for presented in refused:
-        assert not _accepted(presented, tokens), presented
+async def test_token_checks_over_http(start_relay: RelayFactory) -> None:
+    async with start_relay(driven=True, RELAY_API_TOKENS=None) as r:
+        assert await _status(r, None) == 200  # no token anywhere: the API is open
+    async with start_relay(driven=True, RELAY_API_TOKENS=",".join(TOKENS)) as r:
+        assert await _status(r, f"Bearer {TOKENS[0]}") == 200
+        assert await _status(r, f"Bearer {TOKENS[1]}") == 200  # any one of several
+        assert await _status(r, f"bearer {TOKENS[1]}") == 200  # the scheme is case-insensitive
+        refused: list[str | bytes | None] = [
+            None,
+            "",
+            "Bearer",
+            "Bearer tok-SENTINEL-9",  # same length, same prefix, last character differs
+            "Bearer Tok-SENTINEL-2",  # first character differs
+            "Bearer tok-SENTINEL-",  # a prefix
+            f"Bearer {TOKENS[0]}2",  # an extension
+            f"Bearer {TOKENS[0]},{TOKENS[1]}",  # the configured list
+            f"Bearer {TOKENS[0]} {TOKENS[1]}",
+            f"Basic {TOKENS[0]}",
+            TOKENS[0],
+            b"Bearer tok-SENTINEL-\xb2",  # not ASCII: refused, not an error
+        ]
+        for presented in refused:
+            assert await _status(r, presented) == 401, presented
 
 
 async def test_token_auth_over_http(db_url: str) -> None:

@@ -24,6 +24,7 @@ from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import Simulator, SimulatorConfig
 from tests.support.env import relay_settings
 from tests.support.secrets import (
+    ADMIN_TOKEN,
     API_KEY,
     CLIENT_ID,
     CLIENT_SECRET,
@@ -36,6 +37,7 @@ from tests.support.secrets import (
 FLOW_ENV: dict[str, Any] = {
     "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
     "RELAY_API_TOKENS": ",".join(TOKENS),
+    "RELAY_ADMIN_TOKENS": ADMIN_TOKEN,
     "RELAY_NOT_FOUND_GRACE": 0.3,
     "RELAY_RETRY_SCHEDULE": "0.1,0.1,0.1",
     "RELAY_DELIVERY_TIMEOUT": 1,
@@ -130,6 +132,8 @@ class Flow:
     base_url: str
     hook_url: str
     transcript: Transcript
+    issued: list[str] = field(default_factory=list)  # tokens the relay made (kept hashed only)
+    stored: list[str] = field(default_factory=list)  # webhook secrets it made (kept, to sign with)
 
 
 async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
@@ -265,6 +269,43 @@ async def _full_flow(flow: Flow, token_auth: bool) -> None:
     assert (await c.delete("/jobs/sec-cancel")).status_code == 204
     assert (await c.delete("/jobs/sec-paused")).status_code == 204
     assert (await c.post("/jobs", content=b"x" * (3 * 1024 * 1024))).status_code == 413
+    await _tenant_flow(flow)
+
+
+async def _tenant_flow(flow: Flow) -> None:
+    """A tenant made, used, rotated and revoked: its token and secrets must not leak either."""
+    # Not in the transcript: these answers carry the new credentials by design (shown once).
+    async with httpx.AsyncClient(
+        base_url=flow.base_url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+    ) as admin:
+        made = (await admin.post("/tenants", json={"name": "sec-tenant"})).json()
+        more = (await admin.post(f"/tenants/{made['id']}/tokens")).json()
+        rotated = await admin.post(f"/tenants/{made['id']}/webhook-secret/rotate", json={"grace_seconds": 60})
+    flow.issued += [made["token"], more["token"]]
+    flow.stored += [made["webhook_secret"], rotated.json()["webhook_secret"]]
+    as_tenant = {"authorization": f"Bearer {made['token']}"}
+    c = flow.client
+    flow.sim.script("sec-tenant-1", queue_seconds=0, process_seconds=0)
+    job = {"video_model_id": "sec-tenant-1", "callback_url": flow.hook_url}
+    assert (await c.post("/jobs", json=job, headers=as_tenant)).status_code == 201
+    # Signed with the tenant's secrets, which the receiver does not know: refused, tried again.
+    await _until(
+        lambda: _attempted(c, "sec-tenant-1", as_tenant), 10, "the tenant's callback to be attempted"
+    )
+    assert (await c.get("/tenant", headers=as_tenant)).status_code == 200
+    assert (await c.get("/jobs", headers=as_tenant)).status_code == 200
+    as_admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert (await c.get("/tenants", headers=as_admin)).status_code == 200
+    assert (await c.get(f"/tenants/{made['id']}/tokens", headers=as_admin)).status_code == 200
+    gone = await c.delete(f"/tenants/{made['id']}/tokens/{more['id']}", headers=as_admin)
+    assert gone.status_code == 204
+    revoked = {"authorization": f"Bearer {more['token']}"}
+    assert (await c.get("/jobs", headers=revoked)).status_code == 401
+
+
+async def _attempted(c: httpx.AsyncClient, vid: str, headers: dict[str, str]) -> bool:
+    job = (await c.get(f"/jobs/{vid}", headers=headers)).json()
+    return any(d["attempts"] for d in job.get("deliveries", []))
 
 
 @contextlib.asynccontextmanager
@@ -308,7 +349,8 @@ async def test_no_secret_in_logs_answers_or_callbacks_api_key(
     async with _running(db_url, sim, AKOOL_API_KEY=API_KEY) as flow:
         await _full_flow(flow, token_auth=False)
     assert sim.stats()["by_code"].get("1000", 0) > 5  # the key really was used
-    _assert_nothing_leaked(flow.transcript, caplog)
+    _assert_nothing_leaked(flow.transcript, caplog, extra=flow.issued)
+    _assert_stored_secrets_reach_only_driver_debug(flow, caplog)
 
 
 async def test_no_secret_in_logs_answers_or_callbacks_token_auth(
@@ -333,7 +375,8 @@ async def test_no_secret_in_logs_answers_or_callbacks_token_auth(
         await _full_flow(flow, token_auth=True)
     issued.update(sim._tokens)
     assert sim.token_requests >= 3 and len(issued) >= 2  # token auth really was used, and renewed
-    _assert_nothing_leaked(flow.transcript, caplog, extra=sorted(issued))
+    _assert_nothing_leaked(flow.transcript, caplog, extra=[*sorted(issued), *flow.issued])
+    _assert_stored_secrets_reach_only_driver_debug(flow, caplog)
 
 
 def _assert_nothing_leaked(
@@ -364,6 +407,27 @@ def _assert_nothing_leaked(
         assert expected in names, (expected, sorted(names))
     assert any(name.startswith("sqlalchemy.engine") for name in names), sorted(names)
     assert not leaks, "\n".join(leaks[:20])
+
+
+# Loggers of the database drivers: at DEBUG (which no relay setting turns on; this test forces it)
+# they print statement parameters and result rows, so a secret the relay keeps in the database to
+# sign with shows there, as any stored value would.
+DRIVER_LOGGERS = ("aiosqlite", "sqlalchemy.engine")
+
+
+def _assert_stored_secrets_reach_only_driver_debug(flow: Flow, caplog: pytest.LogCaptureFixture) -> None:
+    texts = [(w, t) for w, t in flow.transcript.texts if not w.startswith(("log ", "caplog.text"))]
+    for record in caplog.records:
+        if record.levelno <= logging.DEBUG and record.name.startswith(DRIVER_LOGGERS):
+            continue
+        texts.append((f"log record {record.name}", f"{record.getMessage()} {record.args!r} {vars(record)!r}"))
+    leaks = [
+        f"a tenant's webhook secret in {where}"
+        for where, text in texts
+        for secret in flow.stored
+        if secret in text
+    ]
+    assert flow.stored and not leaks, leaks[:20]
 
 
 def test_the_scan_finds_a_planted_secret(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,8 +10,10 @@ from typing import Any
 
 import httpx
 
+from app.models import DEFAULT_TENANT_ID
 from app.sandbox.receiver import Receiver
 from app.sandbox.simulator import Simulator
+from app.store.creates import tenant_key
 from tests.support.procs import fetch, free_port
 from tests.support.relay import HOOK, RelayFactory, RunningRelay, wait_job, wait_until
 
@@ -30,7 +32,9 @@ async def translate(r: RunningRelay, key: str | None, body: dict[str, Any]) -> h
 
 
 async def kept_state(db_url: str, key: str) -> str | None:
-    rows = await fetch(db_url, f"SELECT state FROM akool_create WHERE key = '{key}'")
+    """The state of the `default` tenant's row for Idempotency-Key `key`."""
+    row_key = tenant_key(DEFAULT_TENANT_ID, key)
+    rows = await fetch(db_url, f"SELECT state FROM akool_create WHERE key = '{row_key}'")
     return str(rows[0][0]) if rows else None
 
 

@@ -20,14 +20,17 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from app.models import DEFAULT_TENANT_ID
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import CREATE_PATH, Simulator, SimulatorConfig
+from app.store.creates import tenant_key
 from tests.support.env import pg_connect
 from tests.support.procs import RelayProcess, RelayProcs, fetch, relay_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 KEY = "crash-key-1"
+ROW_KEY = tenant_key(DEFAULT_TENANT_ID, KEY)  # the row the default tenant's key is kept in
 ORDER = {
     "akool": {"url": "https://example.com/source.mp4", "language": "es,fr"},
     "callback_url": "http://127.0.0.1:9/hook",
@@ -116,7 +119,7 @@ async def test_killed_while_akool_makes_the_jobs_the_key_answers_unknown(db_url:
         relay = await procs.start("relay", env(db_url, akool_url))
         await send_and_kill_when(relay, lambda: len(sim.creates) == 1)
         assert len(sim.creates[0].ids) == 2  # Akool made (and would charge) both
-        assert await fetch(db_url, f"SELECT state FROM akool_create WHERE key = '{KEY}'") == [
+        assert await fetch(db_url, f"SELECT state FROM akool_create WHERE key = '{ROW_KEY}'") == [
             ("in_progress",)
         ]
         seen = await expect_unknown_after_restart(relay, sim)
@@ -142,7 +145,7 @@ async def test_killed_between_akools_answer_and_the_commit_the_key_answers_unkno
             await send_and_kill_when(relay, answered_and_blocked)
         # Akool answered with both ids; the relay died before it could keep them.
         assert len(sim.creates[0].ids) == 2
-        assert await fetch(db_url, f"SELECT state FROM akool_create WHERE key = '{KEY}'") == [
+        assert await fetch(db_url, f"SELECT state FROM akool_create WHERE key = '{ROW_KEY}'") == [
             ("in_progress",)
         ]
         assert await fetch(db_url, "SELECT count(*) FROM job") == [(0,)]
@@ -172,7 +175,7 @@ class CommitHold:
         else:
             self._pg = await pg_connect(self.url.render_as_string(hide_password=False))
             await self._pg.execute("BEGIN")
-            await self._pg.execute("SELECT key FROM akool_create WHERE key = $1 FOR UPDATE", KEY)
+            await self._pg.execute("SELECT key FROM akool_create WHERE key = $1 FOR UPDATE", ROW_KEY)
         self.held = True
 
     def _hold_sqlite(self) -> None:

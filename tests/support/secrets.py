@@ -6,6 +6,7 @@ import base64
 
 API_KEY = "akool-key-SENTINEL-1"
 TOKENS = ("tok-SENTINEL-2", "tok-SENTINEL-3")
+ADMIN_TOKEN = "adm-SENTINEL-7"
 CLIENT_ID = "client-id-public"  # an identifier, not a secret
 CLIENT_SECRET = "cs-SENTINEL-4"
 WEBHOOK_KEY = b"SENTINEL-5 webhook signing key!!"  # 32 bytes of key material
@@ -15,6 +16,7 @@ WEBHOOK_SECRET = "whsec_" + WEBHOOK_B64
 SECRETS = [
     API_KEY,
     *TOKENS,
+    ADMIN_TOKEN,
     CLIENT_SECRET,
     WEBHOOK_SECRET,
     WEBHOOK_B64,

@@ -15,7 +15,6 @@ import pytest
 
 from app.models import POLL_CLASSES, Job, JobStatus
 from app.scheduling import (
-    NOISE_FLOOR,
     SAMPLES_KEPT,
     PollClass,
     add_sample,
@@ -23,6 +22,7 @@ from app.scheduling import (
     plan_next_poll,
     poll_class,
     predict_finish,
+    start_of_processing,
 )
 from app.states import Answered, JobView, apply_decision, decide
 from tests.support.env import relay_settings
@@ -88,14 +88,16 @@ def test_any_3_linear_samples_spanning_25_points_are_believed_and_within_10_perc
 
 @pytest.mark.parametrize(("duration", "every"), [(100, 5), (100, 10), (40, 2), (300, 30)])
 def test_noisy_progress_predicts_the_remaining_time_within_25_percent(duration: float, every: float) -> None:
-    """Linear progress ±4 points of uniform noise at each sample (seeded), polled every `every` s;
+    """Linear progress ±4 points of uniform noise at each sample (seeded), polled every `every` s from
+    the start of processing at t=0, which the relay anchors at progress 0 (seen queueing just before);
     every estimate made while at least a fifth of the job remains is scored."""
     errors: list[float] = []
     made = asked = 0
     for seed in range(200):
         rng = random.Random(seed)
-        samples: list[list[float]] = []
-        t = 0.0
+        samples = start_of_processing(-every, every)  # queueing at -every, processing at +every
+        assert samples == [[0.0, 0.0]]
+        t = float(every)
         while t < 0.8 * duration:
             progress = round(100 * t / duration + rng.uniform(-4, 4))
             samples = add_sample(samples, t, max(0, min(99, progress)))
@@ -131,7 +133,8 @@ def test_a_noisy_estimate_gets_closer_to_the_end_as_samples_come() -> None:
     [
         pytest.param(None, id="absent"),
         pytest.param([], id="no samples"),
-        pytest.param([[0, 10], [5, 40]], id="two samples"),
+        pytest.param([[0, 10]], id="one sample"),
+        pytest.param([[0, 10], [5, 18]], id="two samples within the noise"),
         pytest.param([[0, 50], [5, 50], [10, 50], [15, 50]], id="flat"),
         pytest.param([[0, 0], [5, 0], [10, 0], [15, 0]], id="flat at zero"),
         pytest.param([[0, 60], [5, 50], [10, 40]], id="going back"),
@@ -145,11 +148,22 @@ def test_progress_that_says_nothing_gives_no_estimate(samples: list[list[float]]
     assert predict_finish(samples) is None
 
 
-def test_a_stall_moves_the_estimate_later_then_says_nothing() -> None:
+def test_a_stall_moves_the_estimate_later() -> None:
     steady = linear(100, (10, 20, 30, 40))
     assert predict_finish(steady) == pytest.approx(100)
     assert predict_finish([*steady, [50, 40]]) == pytest.approx(120)
-    assert predict_finish([*steady, [50, 40], [60, 40]]) is None  # no longer a line: back off
+    assert predict_finish([*steady, [50, 40], [60, 40]]) == pytest.approx(35 + 70 / (1100 / 1750))
+
+
+def test_the_start_of_processing_anchors_the_first_estimate() -> None:
+    """Queueing at 10 s, processing at 20 s: it started about 15 s, at progress 0. With one more
+    sample that is enough for an estimate (a job processing 100 s from 15 s, seen at 45 s: 30 %)."""
+    anchor = start_of_processing(10.0, 20.0)
+    assert anchor == [[15.0, 0.0]]
+    assert start_of_processing(None, 20.0) is None  # first seen processing: no start to anchor
+    samples = add_sample(anchor, 45.0, 30)
+    assert predict_finish(samples) == pytest.approx(115.0)
+    assert predict_finish(add_sample(anchor, 45.0, 8)) is None  # within the noise of 0
 
 
 def test_the_estimate_is_never_before_the_newest_sample() -> None:
@@ -164,10 +178,31 @@ def test_samples_keep_the_newest_few_and_time_moves_forward() -> None:
         samples = add_sample(samples, t, t)
     assert len(samples) == SAMPLES_KEPT and samples[-1] == [19.0, 19.0]
     assert add_sample(samples, 19, 25) == samples  # the same instant again: nothing new
-    assert round(NOISE_FLOOR, 3) == 2.309  # the standard deviation of ±4, uniform
 
 
 # -- placement ----------------------------------------------------------------------------------------
+
+
+def test_with_budget_to_spare_polls_look_ahead_of_the_estimate() -> None:
+    """An estimate made over 100 s (from t=940) says 1040; now is 1000."""
+    rng = random.Random(1)
+
+    def wait(expected: float, spare: bool) -> float:
+        return plan_next_poll(
+            1000.0,
+            expected,
+            5.0,
+            reset=False,
+            minimum=MIN,
+            maximum=MAX,
+            spare=spare,
+            estimated_from=940.0,
+            rng=rng,
+        ).wait
+
+    assert 20 * 0.9 <= wait(1040.0, spare=True) <= 20 * 1.1  # half the remaining 40 s
+    assert MIN <= wait(1015.0, spare=True) <= MIN * 1.1  # within the last fifth of the span: every MIN
+    assert abs(wait(1015.0, spare=False) - 15) <= MIN / 2  # no room: at the estimate
 
 
 @pytest.mark.parametrize("ahead", [MIN, 1.5, 4.0, 12.0, 29.0, MAX])
@@ -297,23 +332,25 @@ def test_a_job_row_through_its_life_samples_predicts_and_is_classed() -> None:
     assert job.claim_at == job.next_poll_at + timedelta(seconds=2 * MAX)  # type: ignore[operator]
 
     at = T0 + timedelta(seconds=10)
-    poll(job, at, 2, 0)  # a status change: back to the minimum, samples start afresh
-    assert MIN <= wait_of(job) <= MIN * 1.1 and job.progress_samples == [[at.timestamp(), 0.0]]
+    poll(job, at, 2, 0)  # a status change: back to the minimum, samples start afresh from the anchor
+    anchor = (T0 + timedelta(seconds=5)).timestamp()  # halfway between the queueing and this poll
+    assert MIN <= wait_of(job) <= MIN * 1.1 and job.progress_samples == [[anchor, 0.0], [at.timestamp(), 0.0]]
     assert job.poll_class == PollClass.RUNNING
 
-    # Processing from t=10 s for 100 s. A progress change alone no longer resets the interval.
+    # Processing from t=5 s (where the anchor puts it) for 100 s, progress 0 until the first step.
+    # A progress change alone no longer resets the interval.
     plan = [1.5, 2.25]
     t = 10.0
     for expected in plan:
         t += wait_of(job)
-        poll(job, T0 + timedelta(seconds=t), 2, int(t - 10))
+        poll(job, T0 + timedelta(seconds=t), 2, int(t - 5))
         assert job.poll_interval == pytest.approx(expected) and job.expected_finish_at is None
     while job.expected_finish_at is None:  # backoff until the samples say something
         t += wait_of(job)
-        poll(job, T0 + timedelta(seconds=t), 2, int(t - 10))
+        poll(job, T0 + timedelta(seconds=t), 2, int(t - 5))
         assert t < 60, job.progress_samples
-    true_end = T0 + timedelta(seconds=110)
-    assert abs((job.expected_finish_at - true_end).total_seconds()) <= 0.1 * (110 - t)
+    true_end = T0 + timedelta(seconds=105)
+    assert abs((job.expected_finish_at - true_end).total_seconds()) <= 0.1 * (105 - t)
     ahead = (job.expected_finish_at - T0).total_seconds() - t
     assert abs(wait_of(job) - min(MAX, max(MIN, ahead))) <= MIN
     assert job.claim_at is not None and job.next_poll_at is not None

@@ -1,19 +1,22 @@
-"""The jobs API (SPEC §3). Thin: validation in schemas, database work in jobstore."""
+"""The jobs API (SPEC §3). Thin: validation in schemas, database work in jobstore, scoped to the
+caller's tenant (an operator's: every tenant, or `?tenant=`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app.api.deps import Authorized, RuntimeDep
-from app.errors import CallbackConflict, field_error
-from app.models import JobStatus
+from app.api.deps import Authorized, Caller, CallerDep, RuntimeDep, ScopeDep
+from app.errors import CallbackConflict, TenantNotFound, field_error
+from app.models import DEFAULT_TENANT_ID, JobStatus
 from app.netguard import UnsafeCallbackURL, check_callback_url
 from app.schemas import BatchItem, BatchResult, JobBatch, JobCreate, JobDetail, JobPublic, JobsPage, JobUpdate
 from app.store import jobs as jobstore
+from app.store import tenants
 from app.store.jobs import Registered
 
 
@@ -54,12 +57,29 @@ async def _check_callback(runtime: RuntimeDep, url: str) -> None:
         raise field_error("callback_url", reason, url)
 
 
+async def _owner(runtime: RuntimeDep, caller: Caller, spec: JobCreate) -> int:
+    """Whose job this is: the tenant's own; an operator's `tenant` (else `default`)."""
+    if spec.tenant is None:
+        return DEFAULT_TENANT_ID if caller.tenant_id is None else caller.tenant_id
+    if not caller.operator:
+        raise field_error("tenant", "only operators may name a tenant", spec.tenant)
+    try:
+        tenant = await tenants.find(runtime.db, name=spec.tenant)
+    except TenantNotFound:
+        raise field_error("tenant", "no such tenant", spec.tenant) from None
+    assert tenant.id is not None, "loaded"
+    return tenant.id
+
+
 @router.post(
     "", status_code=201, response_model=JobPublic, responses={200: {"model": JobPublic}, **_errors(409)}
 )
-async def create_job(spec: JobCreate, runtime: RuntimeDep, response: Response) -> JobPublic:
+async def create_job(
+    spec: JobCreate, runtime: RuntimeDep, caller: CallerDep, response: Response
+) -> JobPublic:
     await _check_callback(runtime, spec.callback_url)
-    [(found, job)] = await jobstore.register(runtime.db, runtime.settings, [spec])
+    owner = await _owner(runtime, caller, spec)
+    [(found, job)] = await jobstore.register(runtime.db, runtime.settings, owner, [spec])
     if found is Registered.CONFLICT:
         raise CallbackConflict()
     response.status_code = REGISTERED_STATUS[found]
@@ -69,9 +89,9 @@ async def create_job(spec: JobCreate, runtime: RuntimeDep, response: Response) -
 
 
 @router.post("/batch", response_model=BatchResult)
-async def create_jobs(batch: JobBatch, runtime: RuntimeDep) -> BatchResult:
+async def create_jobs(batch: JobBatch, runtime: RuntimeDep, caller: CallerDep) -> BatchResult:
     items: list[BatchItem | None] = []
-    valid: list[tuple[int, JobCreate]] = []
+    valid: list[tuple[int, int, JobCreate]] = []  # index, owner, job
     refused: dict[str, str | None] = {}  # callback URL → why it is refused; a batch mostly repeats one
     for index, raw in enumerate(batch.jobs):
         try:
@@ -84,13 +104,20 @@ async def create_jobs(batch: JobBatch, runtime: RuntimeDep) -> BatchResult:
         if (reason := refused[spec.callback_url]) is not None:
             items.append(BatchItem(status=422, detail=[{"loc": ["callback_url"], "msg": reason}]))
             continue
+        try:
+            owner = await _owner(runtime, caller, spec)
+        except RequestValidationError as exc:
+            items.append(BatchItem(status=422, detail=[{"loc": ["tenant"], "msg": exc.errors()[0]["msg"]}]))
+            continue
         items.append(None)
-        valid.append((index, spec))
-    if valid:
-        registered = await jobstore.register(runtime.db, runtime.settings, [spec for _, spec in valid])
-        for (index, _), (found, job) in zip(valid, registered, strict=True):
+        valid.append((index, owner, spec))
+    for owner in sorted({owner for _, owner, _ in valid}):  # one transaction per owner (mostly one)
+        mine = [(index, spec) for index, o, spec in valid if o == owner]
+        registered = await jobstore.register(runtime.db, runtime.settings, owner, [spec for _, spec in mine])
+        for (index, _), (found, job) in zip(mine, registered, strict=True):
             detail = CallbackConflict.default_detail if found is Registered.CONFLICT else None
             items[index] = BatchItem(status=REGISTERED_STATUS[found], job=job, detail=detail)
+    if valid:
         runtime.jobs_registered()
     return BatchResult(results=[i for i in items if i is not None])
 
@@ -98,42 +125,49 @@ async def create_jobs(batch: JobBatch, runtime: RuntimeDep) -> BatchResult:
 @router.get("", response_model=JobsPage)
 async def list_jobs(
     runtime: RuntimeDep,
+    caller: CallerDep,
+    scope: ScopeDep,
     status: Annotated[list[JobStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> JobsPage:
-    after = None
+    before = None
     if cursor is not None:
         try:
-            after = jobstore.decode_cursor(cursor)
+            before = runtime.cursors.open(caller.cursor_scope, cursor)
         except ValueError as exc:
-            raise field_error("cursor", str(exc), cursor) from None
-    return await jobstore.page(runtime.db, status or [], limit, after)
+            raise field_error("cursor", str(exc), cursor, where="query") from None
+    page, next_before = await jobstore.page(runtime.db, scope, status or [], limit, before)
+    if next_before is not None:
+        page.next_cursor = runtime.cursors.seal(caller.cursor_scope, next_before)
+    return page
 
 
 @router.get(
     "/{video_model_id}", response_model=JobDetail, response_model_by_alias=True, responses=_errors(404)
 )
-async def get_job(video_model_id: str, runtime: RuntimeDep) -> JobDetail:
-    return await jobstore.detail(runtime.db, video_model_id)
+async def get_job(video_model_id: str, runtime: RuntimeDep, scope: ScopeDep) -> JobDetail:
+    return await jobstore.detail(runtime.db, scope, video_model_id)
 
 
 @router.patch("/{video_model_id}", response_model=JobPublic, responses=_errors(404))
-async def update_job(video_model_id: str, change: JobUpdate, runtime: RuntimeDep) -> JobPublic:
+async def update_job(
+    video_model_id: str, change: JobUpdate, runtime: RuntimeDep, scope: ScopeDep
+) -> JobPublic:
     if change.callback_url is not None:
         await _check_callback(runtime, change.callback_url)
-    return await jobstore.update(runtime.db, video_model_id, change)
+    return await jobstore.update(runtime.db, scope, video_model_id, change)
 
 
 @router.delete("/{video_model_id}", status_code=204, response_class=Response, responses=_errors(404))
-async def cancel_job(video_model_id: str, runtime: RuntimeDep) -> Response:
-    await jobstore.cancel(runtime.db, runtime.settings, video_model_id)
+async def cancel_job(video_model_id: str, runtime: RuntimeDep, scope: ScopeDep) -> Response:
+    await jobstore.cancel(runtime.db, runtime.settings, scope, video_model_id)
     return Response(status_code=204)
 
 
 @router.post("/{video_model_id}/redeliver", status_code=202, responses=_errors(404, 409))
-async def redeliver(video_model_id: str, runtime: RuntimeDep) -> JSONResponse:
-    event = await jobstore.redeliver(runtime.db, video_model_id)
+async def redeliver(video_model_id: str, runtime: RuntimeDep, scope: ScopeDep) -> JSONResponse:
+    event = await jobstore.redeliver(runtime.db, scope, video_model_id)
     runtime.events_waiting()
     body: dict[str, Any] = {"webhook_id": event.webhook_id, "type": event.type, "state": event.state}
     return JSONResponse(body, status_code=202)

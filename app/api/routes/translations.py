@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.akool import CreateKind, CreateResult
-from app.api.deps import Authorized, RuntimeDep
+from app.api.deps import Authorized, CallerDep, RuntimeDep
 from app.config import Settings
 from app.errors import (
     AkoolRejected,
@@ -40,6 +40,7 @@ from app.errors import (
     IdempotencyKeyReused,
     field_error,
 )
+from app.models import DEFAULT_TENANT_ID
 from app.netguard import UnsafeCallbackURL, check_callback_url
 from app.runtime import Runtime
 from app.schemas import JobCreate, JobPublic, TranslationCreate, TranslationFailure, TranslationResult
@@ -99,17 +100,19 @@ def request_hash(spec: TranslationCreate) -> str:
 
 @router.post("", status_code=201, response_model=TranslationResult, responses=_errors(409, 422, 502, 503))
 async def create_translation(
-    spec: TranslationCreate, runtime: RuntimeDep, idempotency_key: IdempotencyKey
+    spec: TranslationCreate, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKey
 ) -> JSONResponse:
     try:
         await check_callback_url(spec.callback_url, allow_private=runtime.settings.allow_private_callbacks)
     except UnsafeCallbackURL as exc:
         raise field_error("callback_url", str(exc), spec.callback_url) from None
     digest = request_hash(spec)
-    kept, now = await creates.begin(runtime.db, idempotency_key, digest)
+    tenant_id = DEFAULT_TENANT_ID if caller.tenant_id is None else caller.tenant_id
+    key = creates.tenant_key(tenant_id, idempotency_key)
+    kept, now = await creates.begin(runtime.db, key, digest)
     if kept is not None:
         return _answer_again(kept, digest, now, runtime.settings)
-    task = asyncio.create_task(_create(runtime, spec, idempotency_key))
+    task = asyncio.create_task(_create(runtime, spec, key, tenant_id))
     _running.add(task)
     task.add_done_callback(_settled)
     return await asyncio.shield(task)
@@ -133,13 +136,13 @@ def _answer_again(kept: KeptCreate, digest: str, now: datetime, settings: Settin
     raise CreateOutcomeUnknown()
 
 
-async def _create(runtime: Runtime, spec: TranslationCreate, key: str) -> JSONResponse:
+async def _create(runtime: Runtime, spec: TranslationCreate, key: str, tenant_id: int) -> JSONResponse:
     body = dict(spec.akool)
     if runtime.settings.public_url:
         body["webhookUrl"] = runtime.settings.public_url + WEBHOOK_PATH
     result = await runtime.create_translation(body)
     db = runtime.db
-    fields = {"idempotency_key": key}
+    fields = {"idempotency_key": key, "tenant_id": tenant_id}
     if result.kind is CreateKind.NOT_SENT:
         await creates.forget(db, key)
         log.warning("translation not sent: Akool could not be reached (%s)", result.detail, extra=fields)
@@ -179,7 +182,7 @@ async def _create(runtime: Runtime, spec: TranslationCreate, key: str) -> JSONRe
         )
         return 201, answer.model_dump(mode="json")
 
-    status_code, answer = await creates.record_created(db, runtime.settings, key, specs, respond)
+    status_code, answer = await creates.record_created(db, runtime.settings, key, tenant_id, specs, respond)
     runtime.jobs_registered()
     log.info(
         "translation created: %d job(s) tracked, %d language(s) failed",
