@@ -186,7 +186,10 @@ def _rebuild_sqlite_job(edits: Sequence[tuple[str, str]]) -> None:
     kept = {c["name"] for c in sa.inspect(bind).get_columns("job_rebuilt")}
     columns = ", ".join(c["name"] for c in sa.inspect(bind).get_columns("job") if c["name"] in kept)
     op.execute(f"INSERT INTO job_rebuilt ({columns}) SELECT {columns} FROM job")
-    op.execute("DROP TABLE job")  # foreign keys are off in a migration: nothing cascades
+    # Dropping a parent table deletes its rows first: with foreign keys enforced, ON DELETE CASCADE
+    # would empty transition and event. Our migration engine never turns them on; make sure.
+    op.execute("PRAGMA foreign_keys = OFF")
+    op.execute("DROP TABLE job")
     op.execute("ALTER TABLE job_rebuilt RENAME TO job")
     for statement in extras:
         op.execute(statement)
