@@ -3,7 +3,7 @@ job, redirects, Retry-After, timeouts, what every callback carries, and an outbo
 
 Most tests drive the relay's loops one step at a time (`driven=True`): `poll()` and `deliver()` below run
 `poll_due_jobs()` / `deliver_due()` once, and the simulated jobs move on `sim_clock`. Polls and retries
-are planned 1 ms ahead (DUE_AT_ONCE), so whatever a step left to do again is due at the next one.
+are planned 1 ms ahead (RETRIES_AT_ONCE), so whatever a step left to do again is due at the next one.
 """
 
 from __future__ import annotations
@@ -21,32 +21,20 @@ from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import FAILED_ERROR_CODE, FAILED_REASON, ManualClock, Simulator
 from tests.support.receivers import attempt_codes, scripted
 from tests.support.relay import (
+    DUE_AT_ONCE,
     PAST_THE_END,
     RelayFactory,
     RunningRelay,
     deliver,
     detail,
+    drain,
     poll,
     register,
     wait_job,
 )
 
 # Polls and retries planned 1 ms ahead: what a step leaves to do again is due at the next step.
-DUE_AT_ONCE: dict[str, Any] = {
-    "RELAY_POLL_INTERVAL_MIN": 0.001,
-    "RELAY_POLL_INTERVAL_MAX": 0.001,
-    "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001",
-}
-
-
-async def drain(r: RunningRelay, limit: int = 50) -> int:
-    """Delivery steps until nothing is due (every event delivered or dead); returns how many were sent."""
-    sent = 0
-    for _ in range(limit):
-        if not (n := await deliver(r)):
-            return sent
-        sent += n
-    raise AssertionError(f"events were still due after {limit} delivery steps")
+RETRIES_AT_ONCE: dict[str, Any] = {**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001"}
 
 
 async def finish(r: RunningRelay, clock: ManualClock) -> None:
@@ -66,7 +54,7 @@ async def test_failed_job_is_called_back_with_the_error(
     receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
-    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as r:
         await register(r, "fail-delivery-1", hook_url)
         await finish(r, sim_clock)
         assert await deliver(r) == 1
@@ -97,7 +85,7 @@ async def test_retries_until_accepted_with_the_same_webhook_id(
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=3, fail_status=500)
-    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as r:
         await register(r, "vid-retry-1", hook_url)
         await finish(r, sim_clock)
         for attempt in range(1, 4):
@@ -129,7 +117,7 @@ async def test_410_gone_stops_at_once(
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(status=410)
-    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as r:
         await register(r, "vid-gone-1", hook_url)
         await finish(r, sim_clock)
         assert await deliver(r) == 1
@@ -157,7 +145,7 @@ async def test_dead_after_the_schedule_then_redeliver(
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(status=500)
-    async with start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r:
+    async with start_relay(driven=True, **{**RETRIES_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r:
         await register(r, "vid-dead-1", hook_url)
         await finish(r, sim_clock)
         assert await drain(r) == 3  # the first attempt and the two retries of the schedule
@@ -238,7 +226,7 @@ async def test_events_arrive_in_order_with_metadata_and_upstream(
     rec, hook_url = receiver
     sim.script("vid-order-1", queue_seconds=0.3, process_seconds=0.5)
     metadata = {"order": 42, "nested": {"tags": ["a", "b"], "ok": True}}
-    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as r:
         await register(r, "vid-order-1", hook_url, events=EVERY_STEP, metadata=metadata)
         # Each state's callback goes out before the next poll.
         assert await poll(r) == 1 and await deliver(r) == 1
@@ -265,7 +253,7 @@ async def test_a_later_event_waits_for_an_earlier_one_being_retried(
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=2, fail_status=503)
     sim.script("vid-order-2", queue_seconds=0.3, process_seconds=0.5)
-    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as r:
         await register(r, "vid-order-2", hook_url, events=EVERY_STEP, metadata={"k": 1})
         assert await poll(r) == 1 and await deliver(r) == 1  # queueing: 503
         # Processing is written behind the unsettled queueing event: the next delivery step retries
@@ -297,7 +285,7 @@ async def test_a_dead_event_no_longer_blocks_later_ones(
 
     async with (
         scripted(answer) as (rec, base_url),
-        start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r,
+        start_relay(driven=True, **{**RETRIES_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r,
     ):
         await register(r, "vid-unblock-1", f"{base_url}/hook", events=["queueing", "completed"])
         assert await poll(r) == 1 and await deliver(r) == 1  # queueing: 500, retrying
@@ -336,7 +324,7 @@ async def test_redirects_are_failures_and_not_followed(
 
     async with (
         scripted(answer) as (rec, base_url),
-        start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r,
+        start_relay(driven=True, **{**RETRIES_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001"}) as r,
     ):
         locations.append(f"{base_url}/target")
         await register(r, "vid-redirect-1", f"{base_url}/hook")
@@ -357,7 +345,7 @@ async def test_retry_after_asking_for_longer_is_honoured(
 ) -> None:
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=1, fail_status=503, retry_after="2")
-    async with start_relay(driven=True, **{**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001"}) as r:
+    async with start_relay(driven=True, **{**RETRIES_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001"}) as r:
         await register(r, "vid-retry-after-1", hook_url)
         await finish(r, sim_clock)
         assert await deliver(r) == 1  # 503, Retry-After: 2
@@ -419,7 +407,7 @@ async def test_a_pending_retry_survives_a_restart(
 ) -> None:
     rec, hook_url = receiver
     down_url = f"http://127.0.0.1:{unused_port()}/hook"  # nothing listens there: the receiver is down
-    async with start_relay(driven=True, **DUE_AT_ONCE) as first:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as first:
         await register(first, "vid-restart-1", down_url, metadata={"run": 1})
         await finish(first, sim_clock)
         assert await deliver(first) == 1  # refused: a retry is written, and the relay stops before it
@@ -433,7 +421,7 @@ async def test_a_pending_retry_survives_a_restart(
 
     # A new relay on the same database: the callback URL now points at the live receiver, and the
     # retry written by the first relay goes out when due, without a redeliver.
-    async with start_relay(driven=True, **DUE_AT_ONCE) as second:
+    async with start_relay(driven=True, **RETRIES_AT_ONCE) as second:
         patched = await second.client.patch("/jobs/vid-restart-1", json={"callback_url": hook_url})
         assert patched.status_code == 200, patched.text
         assert await drain(second) == 1

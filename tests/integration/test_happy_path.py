@@ -5,7 +5,6 @@ The relay's loops are driven one step at a time; the simulated job moves on a ma
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from standardwebhooks import Webhook
@@ -13,15 +12,7 @@ from standardwebhooks import Webhook
 from app.sandbox.receiver import Receiver
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.env import WEBHOOK_SECRET
-from tests.support.relay import RelayFactory, RunningRelay
-
-LATER = 0.002  # seconds: past a poll planned 0.001 s ahead, jitter included
-
-
-async def poll(r: RunningRelay) -> int:
-    """One poll step, once what the last one planned 0.001 s ahead is due."""
-    await asyncio.sleep(LATER)
-    return await r.relay.poll_due_jobs()
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, deliver, poll
 
 
 async def test_completed_job_is_called_back_signed(
@@ -31,17 +22,17 @@ async def test_completed_job_is_called_back_signed(
     receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
-    async with start_relay(driven=True, RELAY_POLL_INTERVAL_MIN=0.001, RELAY_POLL_INTERVAL_MAX=0.001) as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         created = await r.client.post(
             "/jobs", json={"video_model_id": "vid-ok-1", "callback_url": hook_url, "metadata": {"order": 7}}
         )
         assert created.status_code == 201, created.text
         assert created.json()["status"] == "pending"
         assert await poll(r) == 1  # queueing: not an event this job asked for
-        assert await r.relay.deliver_due() == 0
+        assert await deliver(r) == 0
         sim_clock.advance(1)  # past queueing (0.2 s) and processing (0.4 s)
         assert await poll(r) == 1
-        assert await r.relay.deliver_due() == 1
+        assert await deliver(r) == 1
         job = (await r.client.get("/jobs/vid-ok-1")).json()
     [callback] = rec.accepted
     assert callback.verified

@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 from app.api.bodylimit import MAX_BODY_BYTES
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import ManualClock, Simulator
-from tests.support.relay import RelayFactory, RunningRelay
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, RunningRelay, drain, poll
 
 TOKEN = "tok-hostile-7f3a9c"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -174,24 +174,10 @@ def _fuzz(openapi_url: str, base_url: str) -> FuzzReport:
 
 # The seeding relay plans polls and callback retries 1 ms ahead: what a step leaves to do again is due
 # at the next one.
-DUE_AT_ONCE: dict[str, Any] = {
-    "RELAY_POLL_INTERVAL_MIN": 0.001,
-    "RELAY_POLL_INTERVAL_MAX": 0.001,
-    "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001",
-}
-LATER = 0.002  # seconds: past anything planned 0.001 s ahead, jitter (±10 %) included
+RETRIES_AT_ONCE: dict[str, Any] = {**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001"}
 # Simulated seconds between seeding polls, for jobs queueing 0.1 s then processing 0.2 s: queueing,
 # processing (a quarter done), processing (half done: a progress event), then past the end.
 SEED_STEPS = (0.0, 0.15, 0.05, 1.0)
-
-
-async def _drain(r: RunningRelay, limit: int = 50) -> None:
-    """Delivery steps until nothing is due (each failed attempt is retried 1 ms later)."""
-    for _ in range(limit):
-        await asyncio.sleep(LATER)
-        if not await r.relay.deliver_due():
-            return
-    raise AssertionError(f"events were still due after {limit} delivery steps")
 
 
 async def _seed(r: RunningRelay, sim: Simulator, clock: ManualClock, hook_url: str) -> None:
@@ -211,9 +197,8 @@ async def _seed(r: RunningRelay, sim: Simulator, clock: ManualClock, hook_url: s
         assert created.status_code == 201, created.text
     for seconds in SEED_STEPS:
         clock.advance(seconds)
-        await asyncio.sleep(LATER)
-        assert await r.relay.poll_due_jobs() == 2
-        await _drain(r)
+        assert await poll(r) == 2
+        await drain(r)
     for vid, ending in (("hostile-ok", "job.completed"), ("hostile-fail", "job.failed")):
         job = (await r.client.get(f"/jobs/{vid}")).json()
         assert job["finished_at"] and job["delivery"] == "delivered", job
@@ -233,7 +218,7 @@ async def hostile_relay(
     sim, _ = stepped_simulator
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=1)  # every event has a failed attempt before it is delivered
-    async with start_relay(driven=True, RELAY_API_TOKENS=TOKEN, **DUE_AT_ONCE) as seeder:
+    async with start_relay(driven=True, RELAY_API_TOKENS=TOKEN, **RETRIES_AT_ONCE) as seeder:
         await _seed(seeder, sim, sim_clock, hook_url)
     # Jobs the fuzzer registers point at generated callback URLs: keep them from ever changing state
     # (every poll is answered 1005, which also slows polling to a trickle; the simulated clock stands

@@ -12,13 +12,9 @@ import pytest
 from app.logs import JsonFormatter
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import ManualClock, Simulator
-from tests.support.relay import RelayFactory, register, step
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, register, step
 
-QUICK = {
-    "RELAY_POLL_INTERVAL_MIN": 0.001,
-    "RELAY_POLL_INTERVAL_MAX": 0.001,
-    "RELAY_RETRY_SCHEDULE": "0.001",
-}
+QUICK = {**DUE_AT_ONCE, "RELAY_RETRY_SCHEDULE": "0.001"}
 
 
 def lines(caplog: pytest.LogCaptureFixture, contains: str) -> list[dict[str, object]]:

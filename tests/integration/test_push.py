@@ -20,7 +20,7 @@ from app.sandbox.akool_push import encrypt_push
 from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator, SimulatorConfig
-from tests.support.relay import RelayFactory, RunningRelay, register, step, wait_job, wait_until
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, RunningRelay, register, step, wait_job, wait_until
 
 CLIENT_ID = "push-test-client"
 SECRET = "0123456789abcdef0123456789abcdef"  # the API key is the client secret (32 bytes: AES-256)
@@ -69,9 +69,7 @@ async def test_a_pushed_job_is_polled_at_once_and_its_callback_does_not_wait_for
 async def test_a_lost_push_still_ends_by_polling(
     start_relay: RelayFactory, stepped_simulator: tuple[Simulator, str], sim_clock: ManualClock
 ) -> None:
-    async with start_relay(
-        driven=True, **PUSHABLE, RELAY_POLL_INTERVAL_MIN=0.001, RELAY_POLL_INTERVAL_MAX=0.001
-    ) as r:
+    async with start_relay(driven=True, **PUSHABLE, **DUE_AT_ONCE) as r:
         await register(r, "vid-nopush-1")
         await step(r)
         sim_clock.advance(5)

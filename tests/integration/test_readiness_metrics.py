@@ -23,10 +23,9 @@ from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator, SimulatorConfig
 from tests.support.env import pg_exec
 from tests.support.procs import metric_sum
-from tests.support.relay import RelayFactory, RunningRelay, register, step, wait_job
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, RunningRelay, register, step, wait_job
 
 POLLERS_STOPPED = "pollers are not running"
-EVERY_STEP = {"RELAY_POLL_INTERVAL_MIN": 0.001, "RELAY_POLL_INTERVAL_MAX": 0.001}  # due again at once
 
 
 async def readiness(r: RunningRelay) -> tuple[int, dict[str, Any]]:
@@ -127,7 +126,7 @@ async def test_metrics_name_what_spec_lists_and_count_what_happened(
     sim, _ = stepped_simulator
     rec, hook_url = receiver
     rec.behaviour = Behaviour(fail_first=1, fail_status=500)  # each callback fails once, then is taken
-    async with start_relay(driven=True, RELAY_RETRY_SCHEDULE="0", **EVERY_STEP) as r:
+    async with start_relay(driven=True, RELAY_RETRY_SCHEDULE="0", **DUE_AT_ONCE) as r:
         await register(r, "vid-metrics-1", hook_url)  # completes
         await register(r, "fail-metrics-1", hook_url)  # fails at Akool
         await register(r, "unknown-metrics-1", hook_url)  # Akool does not know it (grace: 60 s)

@@ -29,11 +29,10 @@ from app.store.retention import Deleted
 from app.worker.housekeeping import Housekeeper
 from tests.support.procs import fetch, relay_env
 from tests.support.receivers import scripted
-from tests.support.relay import RelayFactory, RunningRelay, register, summary
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, RunningRelay, register, summary
 
 STEPPED: dict[str, Any] = {
-    "RELAY_POLL_INTERVAL_MIN": 0.001,  # every job is due again at the next step
-    "RELAY_POLL_INTERVAL_MAX": 0.001,
+    **DUE_AT_ONCE,  # every job is due again at the next step
     "RELAY_RETRY_SCHEDULE": "3600",  # a failed delivery stays `retrying` for the whole test
     "RELAY_RETENTION_DAYS": 1,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.sandbox.receiver import Receiver
 from app.sandbox.simulator import ManualClock, Simulator
-from tests.support.relay import RelayFactory, register, step
+from tests.support.relay import DUE_AT_ONCE, RelayFactory, register, step
 
 
 async def test_a_job_moves_one_poll_at_a_time_and_its_callback_goes_on_the_next_delivery(
@@ -14,7 +14,7 @@ async def test_a_job_moves_one_poll_at_a_time_and_its_callback_goes_on_the_next_
     receiver: tuple[Receiver, str],
 ) -> None:
     rec, hook_url = receiver
-    async with start_relay(driven=True, RELAY_POLL_INTERVAL_MIN=0.001, RELAY_POLL_INTERVAL_MAX=0.001) as r:
+    async with start_relay(driven=True, **DUE_AT_ONCE) as r:
         await register(r, "vid-step-1", hook_url, events=["queueing", "processing", "completed"])
         assert await r.relay.poll_due_jobs() == 1
         job = (await r.client.get("/jobs/vid-step-1")).json()

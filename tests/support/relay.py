@@ -117,6 +117,16 @@ async def deliver(r: RunningRelay) -> int:
     return await r.relay.deliver_due()
 
 
+async def drain(r: RunningRelay, limit: int = 50) -> int:
+    """Delivery steps until nothing is due (every event delivered or dead); returns how many were sent."""
+    sent = 0
+    for _ in range(limit):
+        if not (n := await deliver(r)):
+            return sent
+        sent += n
+    raise AssertionError(f"events were still due after {limit} delivery steps")
+
+
 async def step(r: RunningRelay, rounds: int = 1) -> None:
     """Run the driven relay's loops once each, `rounds` times: poll what is due, deliver what is due."""
     for _ in range(rounds):
