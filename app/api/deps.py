@@ -95,13 +95,20 @@ async def tenant_scope(
     A tenant that passes `tenant` gets 422, as does an unknown name."""
     if tenant is None:
         return Scope(caller.tenant_id, operator=caller.operator)
+    return Scope(await named_tenant(runtime, caller, tenant, where="query"), operator=True)
+
+
+async def named_tenant(runtime: Runtime, caller: Caller, name: str, *, where: str) -> int:
+    """The id of the tenant an operator names (a query parameter or a body field `tenant`); 422 when
+    a tenant names one, or the name is unknown."""
     if not caller.operator:
-        raise field_error("tenant", "only operators may name a tenant", tenant, where="query")
+        raise field_error("tenant", "only operators may name a tenant", name, where=where)
     try:
-        found = await tenants.find(runtime.db, name=tenant)
+        found = await tenants.find(runtime.db, name=name)
     except TenantNotFound:
-        raise field_error("tenant", "no such tenant", tenant, where="query") from None
-    return Scope(found.id, operator=True)
+        raise field_error("tenant", "no such tenant", name, where=where) from None
+    assert found.id is not None, "loaded"
+    return found.id
 
 
 ScopeDep = Annotated[Scope, Depends(tenant_scope)]

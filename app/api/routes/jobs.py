@@ -10,13 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app.api.deps import Authorized, Caller, CallerDep, RuntimeDep, ScopeDep
-from app.errors import CallbackConflict, TenantNotFound, field_error
+from app.api.deps import Authorized, Caller, CallerDep, RuntimeDep, ScopeDep, named_tenant
+from app.errors import CallbackConflict, field_error
 from app.models import DEFAULT_TENANT_ID, JobStatus
 from app.netguard import UnsafeCallbackURL, check_callback_url
 from app.schemas import BatchItem, BatchResult, JobBatch, JobCreate, JobDetail, JobPublic, JobsPage, JobUpdate
 from app.store import jobs as jobstore
-from app.store import tenants
 from app.store.jobs import Registered
 
 
@@ -61,14 +60,7 @@ async def _owner(runtime: RuntimeDep, caller: Caller, spec: JobCreate) -> int:
     """Whose job this is: the tenant's own; an operator's `tenant` (else `default`)."""
     if spec.tenant is None:
         return DEFAULT_TENANT_ID if caller.tenant_id is None else caller.tenant_id
-    if not caller.operator:
-        raise field_error("tenant", "only operators may name a tenant", spec.tenant)
-    try:
-        tenant = await tenants.find(runtime.db, name=spec.tenant)
-    except TenantNotFound:
-        raise field_error("tenant", "no such tenant", spec.tenant) from None
-    assert tenant.id is not None, "loaded"
-    return tenant.id
+    return await named_tenant(runtime, caller, spec.tenant, where="body")
 
 
 @router.post(
