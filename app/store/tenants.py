@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -56,8 +57,17 @@ def _token_id(token_hash: str) -> str:
     return "tok_" + token_hash[:16]  # derived, so an env token keeps its id across restarts
 
 
-def _prefix(token: str) -> str:
-    return token[:8]
+def _token_row(tenant_id: int, token: str, now: datetime, source: str = "api") -> dict[str, Any]:
+    """A tenant_token row for `token`: its hash, the id derived from it, its first characters."""
+    token_hash = hash_token(token)
+    return {
+        "id": _token_id(token_hash),
+        "tenant_id": tenant_id,
+        "token_hash": token_hash,
+        "prefix": token[:8],
+        "source": source,
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True)
@@ -124,20 +134,10 @@ async def sync_env_tokens(db: Database, tokens: Sequence[str]) -> None:
     now = utcnow()
     hashes = {hash_token(t): t for t in tokens}
     async with db.write() as session:
-        for token_hash, token in hashes.items():
+        for token in hashes.values():
             # Replicas starting together insert the same rows: the first wins, the others skip.
-            await session.execute(
-                upsert(session, TenantToken)
-                .values(
-                    id=_token_id(token_hash),
-                    tenant_id=DEFAULT_TENANT_ID,
-                    token_hash=token_hash,
-                    prefix=_prefix(token),
-                    source=ENV,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing()
-            )
+            row = _token_row(DEFAULT_TENANT_ID, token, now, source=ENV)
+            await session.execute(upsert(session, TenantToken).values(**row).on_conflict_do_nothing())
         await session.execute(
             sa.update(TenantToken)
             .where(
@@ -158,22 +158,14 @@ async def sync_env_tokens(db: Database, tokens: Sequence[str]) -> None:
 async def create(db: Database, name: str) -> CreatedTenant:
     now = utcnow()
     token, secret = new_token(), new_secret()
-    token_hash = hash_token(token)
     try:
         async with db.write(urgent=True) as session:
             tenant = Tenant(name=name, created_at=now)
             session.add(tenant)
             await session.flush()
             assert tenant.id is not None, "flushed"
-            session.add(
-                TenantToken(
-                    id=_token_id(token_hash),
-                    tenant_id=tenant.id,
-                    token_hash=token_hash,
-                    prefix=_prefix(token),
-                    created_at=now,
-                )
-            )
+            row = _token_row(tenant.id, token, now)
+            session.add(TenantToken(**row))
             session.add(TenantSecret(tenant_id=tenant.id, secret=secret, created_at=now))
             # The count triggers only update: the tenant's counter rows exist from the start.
             counted = [("job", s.value) for s in JobStatus] + [("event", s.value) for s in EventState]
@@ -184,7 +176,7 @@ async def create(db: Database, name: str) -> CreatedTenant:
             )
     except IntegrityError:
         raise TenantExists() from None
-    return CreatedTenant(tenant.id, name, token, _token_id(token_hash), secret, now)
+    return CreatedTenant(tenant.id, name, token, row["id"], secret, now)
 
 
 async def all_tenants(db: Database) -> list[Tenant]:
@@ -228,18 +220,10 @@ async def add_token(db: Database, tenant_id: int) -> tuple[str, str]:
     """A new token for the tenant: (token id, token). The token is shown only now."""
     await find(db, tenant_id=tenant_id)
     token = new_token()
-    token_hash = hash_token(token)
+    row = _token_row(tenant_id, token, utcnow())
     async with db.write(urgent=True) as session:
-        session.add(
-            TenantToken(
-                id=_token_id(token_hash),
-                tenant_id=tenant_id,
-                token_hash=token_hash,
-                prefix=_prefix(token),
-                created_at=utcnow(),
-            )
-        )
-    return _token_id(token_hash), token
+        session.add(TenantToken(**row))
+    return row["id"], token
 
 
 async def revoke_token(db: Database, tenant_id: int, token_id: str) -> None:
