@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app import __version__, cursors, tenancy
 from app.api.bodylimit import BodyLimitMiddleware
-from app.api.routes import akool, health, jobs, translations
+from app.api.routes import akool, console, deliveries, health, jobs, stats, translations
 from app.api.routes import tenants as tenant_routes
 from app.config import Settings, load_settings
 from app.db import Database
@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None, *, driven: bool = False) -> Fas
     app.include_router(akool.router)
     app.include_router(translations.router)
     app.include_router(tenant_routes.router)
+    app.include_router(deliveries.router)
+    app.include_router(stats.router)
+    app.include_router(console.router)
     return app
 
 

@@ -147,13 +147,15 @@ class Job(SQLModel, table=True):
             postgresql_where=sa.text("push_due"),
             sqlite_where=sa.text("push_due = 1"),
         ),
-        # The claim's other scans: one range per poll class, earliest due first (app/scheduling.py).
-        # One partial index per class, not (poll_class, next_poll_at): PostgreSQL's generic plan
-        # then cannot prefer ix_job_next_poll_at filtered by class, which reads every due row of the
-        # other classes when this one is rare. The claim writes the class as a literal to match.
+        # The claim's other scans: one range per tenant and poll class, earliest due first
+        # (app/scheduling.py). One partial index per class, not (poll_class, next_poll_at):
+        # PostgreSQL's generic plan then cannot prefer ix_job_next_poll_at filtered by class, which
+        # reads every due row of the other classes when this one is rare. The claim writes the class
+        # as a literal to match.
         *(
             sa.Index(
-                f"ix_job_next_poll_at_class_{klass}",
+                f"ix_job_tenant_next_poll_at_class_{klass}",
+                "tenant_id",
                 "next_poll_at",
                 postgresql_where=sa.text(f"poll_class = {klass} AND next_poll_at IS NOT NULL"),
                 sqlite_where=sa.text(f"poll_class = {klass} AND next_poll_at IS NOT NULL"),
@@ -209,6 +211,10 @@ class Job(SQLModel, table=True):
     ending_push_seen: bool = Field(
         default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()}
     )
+    # One Akool job, many subscriptions (SPEC §8, app/store/subscriptions.py): of the unfinished
+    # subscriptions to one id, one leads (its row is polled); the others follow (each poll's answer
+    # is applied to them too, and their own next_poll_at is their deadline).
+    leads: bool = Field(default=True, nullable=False, sa_column_kwargs={"server_default": sa.true()})
 
     # Prediction and priority (app/scheduling.py). The last few [Unix seconds, progress] samples taken
     # while processing; the estimate made of them (NULL when progress says nothing).
@@ -246,6 +252,19 @@ class Event(SQLModel, table=True):
             name="event_unsettled_due",
         ),
         sa.Index("ix_event_job_id_id", "job_id", "id"),
+        # The outbox's claim: live callbacks first, then what a bulk redelivery queued, each earliest
+        # due first (store/events.claim_due). Unsettled events only: a small index.
+        sa.Index(
+            "ix_event_due_bulk_next_attempt_at",
+            "bulk",
+            "next_attempt_at",
+            postgresql_where=sa.text("next_attempt_at IS NOT NULL"),
+            sqlite_where=sa.text("next_attempt_at IS NOT NULL"),
+        ),
+        # GET /deliveries of one tenant, by state, newest first.
+        sa.Index("ix_event_tenant_id_state_id", "tenant_id", "state", "id"),
+        # /stats' deliveries per minute and their latency, read from the index alone.
+        sa.Index("ix_event_delivered_at", "delivered_at", "tenant_id", "created_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -265,6 +284,8 @@ class Event(SQLModel, table=True):
     locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_token: str | None = Field(default=None, max_length=32)
     pushed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # the push it follows from
+    # Queued again by a bulk redelivery (POST /deliveries/redeliver): claimed after live callbacks.
+    bulk: bool = Field(default=False, nullable=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class Attempt(SQLModel, table=True):
@@ -272,11 +293,28 @@ class Attempt(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: int = Field(foreign_key="event.id", index=True, nullable=False, ondelete="CASCADE")
-    at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)  # /stats: failed per minute
     status_code: int | None = None
     error: str | None = Field(default=None, max_length=500)
     duration_ms: float = Field(nullable=False)
     response_excerpt: str | None = Field(default=None, max_length=1024)
+
+
+# /stats: jobs finished per minute by status, read from the index alone. Beside the Job class, not
+# in it: the console's index (issue 13).
+_job = Job.__table__.c  # type: ignore[attr-defined]
+JOB_FINISHED_AT_INDEX = sa.Index("ix_job_finished_at", _job.finished_at, _job.tenant_id, _job.status)
+
+
+class AkoolRequests(SQLModel, table=True):
+    """Akool requests per minute and outcome (an `AnswerKind`), every replica's, for /stats and the
+    summary's budget use; upserted by the poller's health recording, pruned after a day (SPEC §6)."""
+
+    __tablename__ = "akool_requests"
+
+    minute: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    outcome: str = Field(primary_key=True, max_length=16)
+    n: int = Field(default=0, sa_type=sa.BigInteger, nullable=False)
 
 
 class UpstreamHealth(SQLModel, table=True):

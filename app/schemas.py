@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,12 +15,14 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     StringConstraints,
     computed_field,
+    field_validator,
     model_serializer,
 )
 
-from app.models import DEFAULT_EVENTS, Job, JobStatus
+from app.models import DEFAULT_EVENTS, EventState, Job, JobStatus
 
-VideoModelId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+VideoModelId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 TenantName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)]
 EventName = Literal["queueing", "processing", "progress", "completed", "failed", "expired"]
@@ -46,6 +48,12 @@ def _dedupe(value: list[str]) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+def _as_utc(value: datetime) -> datetime:
+    # SPEC §3: times are UTC; one written without an offset means UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCTime = Annotated[datetime, AfterValidator(_as_utc)]
 CallbackURL = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_check_url)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
 Events = Annotated[list[EventName], AfterValidator(_dedupe)]
@@ -132,10 +140,13 @@ class TransitionPublic(BaseModel):
 
 
 class AttemptPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     at: datetime
     status_code: int | None
     error: str | None
     duration_ms: float
+    response_excerpt: str | None = None  # the first KiB of the receiver's answer
 
 
 class DeliveryPublic(BaseModel):
@@ -163,11 +174,17 @@ class BatchResult(BaseModel):
     results: list[BatchItem]
 
 
+class BudgetUse(BaseModel):
+    rate: float  # Akool requests per second in force now (RELAY_AKOOL_RATE_LIMIT, halved by a 1005)
+    spent_per_second: float  # every replica's Akool requests per second over the last minute
+
+
 class UpstreamSummary(BaseModel):
     state: str
     reason: str | None
     last_success_at: datetime | None
     consecutive_errors: int
+    budget: BudgetUse | None = None  # in GET /jobs' summary
 
 
 class Summary(BaseModel):
@@ -181,6 +198,82 @@ class JobsPage(BaseModel):
     summary: Summary
     items: list[JobPublic]
     next_cursor: str | None
+
+
+class DeliveryItem(BaseModel):
+    """An event as GET /deliveries lists it."""
+
+    webhook_id: str
+    video_model_id: str
+    type: str
+    state: str
+    attempts: int  # since it was made or last redelivered
+    created_at: datetime
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    last_attempt: AttemptPublic | None
+    tenant: str | None = Field(default=None, description="the owner's name; in operators' views only")
+
+    @model_serializer(mode="wrap")
+    def _tenant_in_operator_views_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        if data.get("tenant") is None:
+            del data["tenant"]
+        return data
+
+
+class DeliveriesPage(BaseModel):
+    items: list[DeliveryItem]
+    next_cursor: str | None
+
+
+class BulkRedelivery(BaseModel):
+    """POST /deliveries/redeliver: the filter GET /deliveries takes; every event it matches is sent again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: list[EventState] = Field(
+        default_factory=lambda: [EventState.DEAD],
+        min_length=1,
+        description="one state or a list (default dead)",
+    )
+    since: UTCTime | None = Field(default=None, description="events made at or after")
+    until: UTCTime | None = Field(default=None, description="events made before")
+    tenant: TenantName | None = Field(default=None, description="operators only: one tenant's events")
+    dry_run: bool = False
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class RedeliveryCount(BaseModel):
+    count: int
+
+
+class StatsBucket(BaseModel):
+    at: datetime  # the minute's start
+    finished: dict[str, int]  # jobs whose finished_at falls in the minute, by status
+    delivered: int  # events delivered in the minute
+    attempts_failed: int  # attempts made in the minute that did not get a 2xx
+    latency_p50_ms: float | None  # event made → delivered, of those delivered in the minute
+    latency_p99_ms: float | None
+    akool_requests: dict[str, int] | None = Field(
+        default=None, description="Akool requests by outcome; in operators' views only"
+    )
+
+    @model_serializer(mode="wrap")
+    def _requests_in_operator_views_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        if data.get("akool_requests") is None:
+            del data["akool_requests"]
+        return data
+
+
+class Stats(BaseModel):
+    minutes: int
+    buckets: list[StatsBucket]  # one per minute of the window, oldest first
 
 
 def _check_translate_body(value: dict[str, Any]) -> dict[str, Any]:

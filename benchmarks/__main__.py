@@ -117,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-jobs", type=int, default=100_000, help="jobs in the database for the API measurement"
     )
     p.add_argument("--api-finished-share", type=float, default=0.9, help="of those, completed with an event")
-    p.add_argument("--api-gets", type=int, default=200, help="sequential GET /jobs requests")
+    p.add_argument(
+        "--api-finished-over",
+        type=float,
+        default=86400.0,
+        help="seconds over which the completed ones finished, the newest now (GET /stats charts the last hour)",
+    )
+    p.add_argument("--api-gets", type=int, default=200, help="sequential GET /jobs and GET /stats requests")
     p.add_argument("--api-batches", type=int, default=10, help="sequential POST /jobs/batch of 1,000")
     p.add_argument("--api-posts", type=int, default=1000, help="POST /jobs requests from the workers")
     p.add_argument(

@@ -6,6 +6,9 @@ but not due for days, so the pollers are idle-ish. Newly registered jobs are pol
 a simulator subprocess at the default RELAY_AKOOL_RATE_LIMIT (20/s), as in production.
 
 - GET /jobs (first page, which carries the summary): sequential requests, p50/p99.
+- GET /stats?minutes=60 (the console's charts): sequential requests, p50/p99. The completed jobs
+  finished evenly over the last `--api-finished-over` seconds (a day: about 3,750 of 90,000 in the
+  hour charted; 0: all of them in the last minute, the worst case).
 - POST /jobs/batch, 1,000 jobs per request: sequential requests, jobs/s.
 - POST /jobs: C concurrent workers from one httpx client, requests/s and p50/p99.
 
@@ -39,6 +42,7 @@ def run(dbs: Databases, opts: Any, log_dir: Path) -> dict[str, Any]:
             due_in=30 * 86400,
             job_timeout=60 * 86400,
             finished_share=opts.api_finished_share,
+            finished_over=opts.api_finished_over,
         )
     )
     say(f"[api]   inserted in {inserted:.1f} s; starting the relay")
@@ -56,12 +60,14 @@ async def _load(relay: Proc, opts: Any) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=opts.concurrency * 2)
     async with httpx.AsyncClient(base_url=relay.url, timeout=120, limits=limits) as client:
         get = await _gets(client, relay, opts.api_gets)
-        say(f"[api]   GET /jobs p50 {get['p50_ms']} ms, p99 {get['p99_ms']} ms; POST /jobs/batch next")
+        say(f"[api]   GET /jobs p50 {get['p50_ms']} ms, p99 {get['p99_ms']} ms; GET /stats next")
+        stats = await _stats(client, relay, opts.api_gets)
+        say(f"[api]   GET /stats?minutes=60 p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms")
         batch = await _batches(client, relay, opts.api_batches)
         say(f"[api]   POST /jobs/batch {batch['jobs_per_s']} jobs/s; POST /jobs x{opts.concurrency} next")
         single = await _singles(client, relay, opts.api_posts, opts.concurrency)
         say(f"[api]   POST /jobs {single['requests_per_s']} requests/s")
-    return {"get_jobs": get, "post_jobs_batch": batch, "post_jobs": single}
+    return {"get_jobs": get, "get_stats": stats, "post_jobs_batch": batch, "post_jobs": single}
 
 
 async def _gets(client: httpx.AsyncClient, relay: Proc, count: int) -> dict[str, Any]:
@@ -82,6 +88,30 @@ async def _gets(client: httpx.AsyncClient, relay: Proc, count: int) -> dict[str,
         "relay_cpu_ms_per_request": round(1000 * (relay.cpu_seconds() - cpu0) / count, 2),
         "items": len(page["items"]),
         "summary_jobs": sum(page["summary"]["jobs"].values()),
+        "requests_per_s": round(count / elapsed, 1),
+    }
+
+
+async def _stats(client: httpx.AsyncClient, relay: Proc, count: int) -> dict[str, Any]:
+    path = "/stats?minutes=60"
+    for _ in range(5):  # warm-up: connections, caches
+        (await client.get(path)).raise_for_status()
+    times = []
+    cpu0, t0 = relay.cpu_seconds(), time.monotonic()
+    for _ in range(count):
+        started = time.perf_counter()
+        response = await client.get(path)
+        times.append(time.perf_counter() - started)
+        response.raise_for_status()
+    elapsed = time.monotonic() - t0
+    buckets = response.json()["buckets"]
+    return {
+        "requests": count,
+        **summary(times),
+        "relay_cpu_ms_per_request": round(1000 * (relay.cpu_seconds() - cpu0) / count, 2),
+        "buckets": len(buckets),
+        "finished_in_window": sum(sum(b["finished"].values()) for b in buckets),
+        "delivered_in_window": sum(b["delivered"] for b in buckets),
         "requests_per_s": round(count / elapsed, 1),
     }
 

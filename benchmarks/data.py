@@ -106,6 +106,7 @@ async def insert_jobs(
     due_in: float = 0.0,
     job_timeout: float = 10 * 86400,
     finished_share: float = 0.0,
+    finished_over: float = 0.0,
     seen: bool = False,
     chunk: int = 5000,
 ) -> float:
@@ -114,7 +115,8 @@ async def insert_jobs(
     Unfinished jobs fall due `due_in` seconds from now (all at once); `seen` ones are already
     `queueing` (polled once before), so polling them again changes nothing. The first
     `finished_share` of them are `completed` with one delivered callback event each, as a dashboard
-    of a busy service.
+    of a busy service; they finished (and their events were made and delivered) evenly over the last
+    `finished_over` seconds, the newest now.
     """
     import sqlalchemy as sa
     from sqlmodel import col
@@ -146,7 +148,8 @@ async def insert_jobs(
                     )
                 if i < finished:
                     row.update(status="completed", video_status=3, progress=100, next_poll_at=None)
-                    row.update(finished_at=now, delivery="delivered", poll_count=3, last_polled_at=now)
+                    at = now - timedelta(seconds=finished_over * (finished - 1 - i) / max(1, finished))
+                    row.update(finished_at=at, delivery="delivered", poll_count=3, last_polled_at=at)
                     row["video_url"] = f"https://sim.akool.local/videos/{prefix}{i}.mp4"
                 rows.append(row)
             async with db.write() as session:

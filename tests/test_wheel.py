@@ -132,6 +132,17 @@ def test_the_wheel_carries_the_migrations(wheel: Path) -> None:
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+def test_the_wheel_carries_the_console(wheel: Path) -> None:
+    """Every file of the console (GET /ui/) travels in the package: app/api/routes/console.py serves
+    what is installed beside it."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    files = sorted(
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "app" / "console").rglob("*") if p.is_file()
+    )
+    assert "app/console/index.html" in files and "app/console/js/main.js" in files
+    assert [f for f in files if f not in names] == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(INSTALL_TIMEOUT)
 def test_the_install_is_plain_and_away_from_the_sources(installed: Install) -> None:

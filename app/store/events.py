@@ -101,20 +101,41 @@ async def lease_new(
     return Handoff(claimed, waiting)
 
 
-async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -> list[ClaimedEvent]:
-    """Lease up to `n` due events, earliest due first, none behind an unsettled earlier one."""
+async def claim_due(
+    db: Database, n: int, now: datetime, lease_seconds: float, *, keep_free: int = 0
+) -> list[ClaimedEvent]:
+    """Lease up to `n` due events, none behind an unsettled earlier one of its job: live callbacks
+    first, earliest due first; then what a bulk redelivery queued, leaving `keep_free` of the `n`
+    slots to live callbacks.
+
+    Why two claims and a reserve, not a redelivery time: 10,000 redelivered events are all due at
+    once, and by next_attempt_at alone a callback made a second later queues behind all of them; and
+    when every slot holds a bulk event to a receiver that hangs until RELAY_DELIVERY_TIMEOUT, even
+    the first claim of a fresh callback waits that long. With the reserve, bulk events never fill the
+    last `keep_free` slots: a poll transaction leases a fresh callback into one at once
+    (`lease_new`), and a claim takes the live ones before any bulk one (SPEC §3: live callbacks first).
+    """
     earlier = aliased(Event)
     blocked = (
         sa.select(col(earlier.id))
         .where(col(earlier.job_id) == col(Event.job_id), col(earlier.id) < col(Event.id), _unsettled(earlier))
         .exists()
     )
-    due = (
-        sa.select(col(Event.id))
-        .where(col(Event.next_attempt_at) <= now, leases.lease_free(Event, now), ~blocked)
-        .order_by(col(Event.next_attempt_at))
-        .limit(n)
-    )
+
+    def due(bulk: bool, limit: int) -> sa.Select[Any]:
+        # ix_event_due_bulk_next_attempt_at: one index range per kind, earliest due first.
+        return (
+            sa.select(col(Event.id))
+            .where(
+                col(Event.bulk) == bulk,
+                col(Event.next_attempt_at) <= now,
+                leases.lease_free(Event, now),
+                ~blocked,
+            )
+            .order_by(col(Event.next_attempt_at))
+            .limit(limit)
+        )
+
     returning = [
         Event.id,
         Event.job_id,
@@ -124,17 +145,23 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
         Event.attempts,
         Event.pushed_at,
     ]
+    picked: list[tuple[str, sa.Row[Any]]] = []
     async with db.write() as session:
-        token, rows = await leases.claim(
-            session, Event, due, now=now, lease_seconds=lease_seconds, returning=returning
-        )
-        if not rows:
+        for bulk in (False, True):
+            room = n - len(picked) - (keep_free if bulk else 0)
+            if room <= 0:
+                break
+            token, rows = await leases.claim(
+                session, Event, due(bulk, room), now=now, lease_seconds=lease_seconds, returning=returning
+            )
+            picked += [(token, r) for r in rows]
+        if not picked:
             return []
         jobs = {
             job_id: (url, video_model_id)
             for job_id, url, video_model_id in await session.execute(
                 sa.select(col(Job.id), col(Job.callback_url), col(Job.video_model_id)).where(
-                    col(Job.id).in_({r.job_id for r in rows})
+                    col(Job.id).in_({r.job_id for _, r in picked})
                 )
             )
         }
@@ -142,7 +169,7 @@ async def claim_due(db: Database, n: int, now: datetime, lease_seconds: float) -
         ClaimedEvent(
             r.id, r.job_id, r.tenant_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id], r.pushed_at
         )
-        for r in rows
+        for token, r in picked
     ]
 
 

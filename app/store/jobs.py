@@ -9,7 +9,7 @@ an operator; an operator's view gives each job its `tenant`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -37,6 +37,7 @@ from app.models import (
 )
 from app.schemas import (
     AttemptPublic,
+    BudgetUse,
     DeliveryPublic,
     JobCreate,
     JobDetail,
@@ -48,6 +49,8 @@ from app.schemas import (
     UpstreamSummary,
 )
 from app.states import Cancelled, JobView, apply_decision, decide
+from app.store import subscriptions
+from app.store.stats import spent_per_second
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ async def insert_new_jobs(
             results.append((Registered.SAME if same else Registered.CONFLICT, known[1]))
     if rows:
         await session.execute(INSERT_JOBS, rows)
+        # An id another tenant's subscription already leads: follow it (store/subscriptions.py).
+        await subscriptions.join(session, tenant_id, [row["video_model_id"] for row in rows], now)
     return results
 
 
@@ -191,11 +196,7 @@ async def detail(db: Database, scope: Scope, video_model_id: str) -> JobDetail:
                 .order_by(col(Attempt.id))
             )
             for a in rows:
-                attempts.setdefault(a.event_id, []).append(
-                    AttemptPublic(
-                        at=a.at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms
-                    )
-                )
+                attempts.setdefault(a.event_id, []).append(AttemptPublic.model_validate(a))
     return JobDetail(
         **public(job, names).model_dump(),
         transitions=[
@@ -236,12 +237,16 @@ async def update(db: Database, scope: Scope, video_model_id: str, change: JobUpd
 async def cancel(db: Database, settings: Settings, scope: Scope, video_model_id: str) -> None:
     """Stop tracking: the job becomes `cancelled` (a finished job stays as it is)."""
     async with db.write(urgent=True) as session:  # a client waits
-        job = await get_job(session, scope, video_model_id, for_update=True)
+        job = await get_job(session, scope, video_model_id)
+        # Locked with the other subscriptions to the id, in id order: it may lead them.
+        job, followers = await subscriptions.lock_with_followers(session, job)
         view = JobView(JobStatus(job.status), job.progress, tuple(job.events))
         now = utcnow()
         decision = decide(view, Cancelled(), now, settings.not_found_grace)
         if decision.transitions:
             apply_decision(session, job, decision, now, settings, polled=False, via="client")
+            if job.leads:
+                subscriptions.hand_over(job, followers, now)
 
 
 async def redeliver(db: Database, scope: Scope, video_model_id: str) -> Event:
@@ -262,25 +267,58 @@ async def redeliver(db: Database, scope: Scope, video_model_id: str) -> Event:
         event.next_attempt_at = utcnow()
         event.locked_until = None
         event.lease_token = None
+        event.bulk = False  # someone asked for this one: it goes as a live callback
         job.delivery = EventState.PENDING
     return event
 
 
+@dataclass(frozen=True)
+class JobFilter:
+    """GET /jobs' filters besides the scope; the summary ignores them (SPEC §3)."""
+
+    statuses: list[JobStatus] = field(default_factory=list)
+    q: str | None = None  # a video_model_id or its prefix
+    since: datetime | None = None  # registered at or after
+    until: datetime | None = None  # registered before
+
+    def where(self) -> list[Any]:
+        terms: list[Any] = []
+        if self.statuses:
+            terms.append(col(Job.status).in_([s.value for s in self.statuses]))
+        if self.q:
+            # A prefix as an index range (ix_job_video_model_id; with a tenant, the unique
+            # (tenant_id, video_model_id) index), not LIKE over every row. Ids are ASCII, so every id
+            # that starts with q sorts below q + U+10FFFF; the exact prefix test keeps a collation
+            # that sorts otherwise from adding rows (the range may then miss some).
+            terms += [
+                col(Job.video_model_id) >= self.q,
+                col(Job.video_model_id) < self.q + PREFIX_END,
+                sa.func.substr(col(Job.video_model_id), 1, len(self.q)) == self.q,
+            ]
+        if self.since is not None:
+            terms.append(col(Job.created_at) >= self.since)
+        if self.until is not None:
+            terms.append(col(Job.created_at) < self.until)
+        return terms
+
+
+PREFIX_END = chr(0x10FFFF)  # the highest code point: above every character of an id
+
+
 async def page(
-    db: Database, scope: Scope, statuses: list[JobStatus], limit: int, before: int | None
+    db: Database, scope: Scope, found: JobFilter, limit: int, before: int | None, *, rate: float | None = None
 ) -> tuple[JobsPage, int | None]:
     """A page of the scope's jobs, newest first, from before row `before`; with the row id the next
-    page starts before (None on the last page), for the route to seal into a cursor."""
+    page starts before (None on the last page), for the route to seal into a cursor. `rate`: the
+    Akool request rate in force, for the summary's budget."""
     async with db.read() as session:
-        stmt = sa.select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
+        stmt = sa.select(Job).where(*found.where()).order_by(col(Job.id).desc()).limit(limit + 1)
         if scope.tenant_id is not None:
             stmt = stmt.where(col(Job.tenant_id) == scope.tenant_id)
-        if statuses:
-            stmt = stmt.where(col(Job.status).in_([s.value for s in statuses]))
         if before is not None:
             stmt = stmt.where(col(Job.id) < before)
         jobs = list(await session.scalars(stmt))
-        counts = await summarize(session, scope)
+        counts = await summarize(session, scope, rate=rate)
         names = await tenant_names(session) if scope.operator else None
     more = len(jobs) > limit
     jobs = jobs[:limit]
@@ -293,7 +331,8 @@ async def summary(db: Database, scope: Scope) -> Summary:
         return await summarize(session, scope)
 
 
-async def summarize(session: AsyncSession, scope: Scope) -> Summary:
+async def summarize(session: AsyncSession, scope: Scope, *, rate: float | None = None) -> Summary:
+    """The summary of the scope's jobs; with `rate` (the Akool request rate in force), the budget's use."""
     jobs = {s.value: 0 for s in JobStatus}
     deliveries = {s.value: 0 for s in EventState}
     counters = {"job": jobs, "event": deliveries}
@@ -309,6 +348,9 @@ async def summarize(session: AsyncSession, scope: Scope) -> Summary:
         first_unfinished = first_unfinished.where(col(Job.tenant_id) == scope.tenant_id)
     oldest = await session.scalar(first_unfinished.order_by(col(Job.id)).limit(1))
     health = await session.get(UpstreamHealth, 1) or UpstreamHealth()
+    budget = None
+    if rate is not None:
+        budget = BudgetUse(rate=round(rate, 3), spent_per_second=await spent_per_second(session, utcnow()))
     return Summary(
         jobs=jobs,
         deliveries=deliveries,
@@ -318,5 +360,6 @@ async def summarize(session: AsyncSession, scope: Scope) -> Summary:
             reason=health.reason,
             last_success_at=health.last_success_at,
             consecutive_errors=health.consecutive_errors,
+            budget=budget,
         ),
     )

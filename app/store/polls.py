@@ -1,16 +1,17 @@
-"""The poller's SQL: claim due jobs by lease, give them back, lock the rows a poll batch writes.
+"""The poller's SQL: claim due jobs by lease and give them back (the rows a poll batch writes are
+locked by store/subscriptions.py).
 
 The claim's order (SPEC §5, app/scheduling.py): the jobs a push made due first (a partial index of a
 few rows), then by `claim_at` = next_poll_at + class × MAX over the classes finish passed, running,
-queued. That second order is one statement, the same on every replica: one index range per class
-(`ix_job_next_poll_at_class_N`: within a class claim_at follows next_poll_at, so each range is read
-earliest due first and stops after n rows), merged by claim_at. At most 3n rows are read and
-sorted, however many are due.
+queued, tenants taking turns (SPEC §8, `scheduling.Turns`). Each tenant's due
+jobs of a class are one index range (`ix_job_tenant_next_poll_at_class_N`, earliest due first, n rows
+at most), so a claim reads at most 3n rows per tenant with waiting jobs, however many are due; only
+tenants that are enabled and have waiting jobs (by the trigger-kept counts) are read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.db import Database
-from app.models import Job
-from app.scheduling import PollClass
+from app.models import TERMINAL_STATUSES, Job, JobStatus, StatusCount, Tenant
+from app.scheduling import DueJob, PollClass, Turns
 from app.store import leases
 
 
@@ -36,34 +37,52 @@ class ClaimedJob:
 
 
 async def claim_due(
-    db: Database, n: int, now: datetime, lease_seconds: float, *, expiring_only: bool, probe: bool
+    db: Database,
+    n: int,
+    now: datetime,
+    lease_seconds: float,
+    *,
+    expiring_only: bool,
+    probe: bool,
+    turns: Turns | None = None,
 ) -> list[ClaimedJob]:
-    """Lease up to `n` due jobs: those a push made due first, then by priority (`by_priority`).
+    """Lease up to `n` due jobs of enabled tenants: those a push made due first, then by priority,
+    tenants taking `turns` (`by_priority`; the poller keeps them from claim to claim).
 
     `expiring_only`: only jobs past their deadline (polling is paused, but jobs still expire on time);
     `probe`: one more due job besides, whose poll finds out whether Akool accepts us again.
     """
-    due = sa.select(col(Job.id)).where(col(Job.next_poll_at) <= now, leases.lease_free(Job, now))
     earliest = col(Job.next_poll_at)
-    batches: list[Callable[[int], sa.Select[Any]]] = []
-    if expiring_only:
-        batches.append(lambda k: due.where(col(Job.expires_at) <= now).order_by(earliest).limit(k))
-        if probe:
-            batches.append(lambda k: due.order_by(earliest).limit(1))
-    else:
-        # Index scans, not one sort: the pushed jobs (a partial index of a few rows), then the rest.
-        batches.append(lambda k: due.where(col(Job.push_due)).order_by(earliest).limit(k))
-        batches.append(lambda k: by_priority(now, k))
     claimed: list[ClaimedJob] = []
     returning = [Job.id, Job.tenant_id, Job.video_model_id, Job.expires_at]
     async with db.write() as session:
+        polled = await tenants_waiting(session)
+        due = sa.select(col(Job.id)).where(
+            col(Job.next_poll_at) <= now, leases.lease_free(Job, now), col(Job.tenant_id).in_(polled)
+        )
+
+        async def expiring(k: int) -> sa.Select[Any]:
+            return due.where(col(Job.expires_at) <= now).order_by(earliest).limit(k)
+
+        async def any_due(k: int) -> sa.Select[Any]:  # a probe: a poll, so a leader's
+            return due.where(col(Job.leads)).order_by(earliest).limit(1)
+
+        async def pushed(k: int) -> sa.Select[Any]:  # a partial index of a few rows; only leaders
+            return due.where(col(Job.push_due)).order_by(earliest).limit(k)
+
+        async def by_rank(k: int) -> sa.Select[Any]:
+            return await by_priority(session, now, k, polled, turns or Turns())
+
+        batches: list[Callable[[int], Awaitable[sa.Select[Any]]]] = [pushed, by_rank]
+        if expiring_only:
+            batches = [expiring, any_due] if probe else [expiring]
         for batch in batches:
-            if len(claimed) >= n:
+            if len(claimed) >= n or not polled:
                 break
             token, rows = await leases.claim(
                 session,
                 Job,
-                batch(n - len(claimed)),
+                await batch(n - len(claimed)),
                 now=now,
                 lease_seconds=lease_seconds,
                 returning=returning,
@@ -74,29 +93,59 @@ async def claim_due(
     return claimed
 
 
-def by_priority(now: datetime, n: int) -> sa.Select[Any]:
-    """The ids of the first `n` due, unleased jobs by claim_at: the first n of each class (an index
-    range each, earliest due first, rows another replica is claiming skipped), merged.
+async def tenants_waiting(session: AsyncSession) -> list[int]:
+    """The enabled tenants with jobs still waiting for a poll (from the trigger-kept counts: a few
+    rows per tenant, not a look at the jobs). A disabled tenant's jobs are not polled (SPEC §8)."""
+    waiting = [s.value for s in JobStatus if s not in TERMINAL_STATUSES]
+    stmt = (
+        sa.select(col(StatusCount.tenant_id))
+        .join(Tenant, col(Tenant.id) == col(StatusCount.tenant_id))
+        .where(col(StatusCount.kind) == "job", col(StatusCount.status).in_(waiting), ~col(Tenant.disabled))
+        .group_by(col(StatusCount.tenant_id))
+        .having(sa.func.sum(col(StatusCount.n)) > 0)
+        .order_by(col(StatusCount.tenant_id))
+    )
+    return list(await session.scalars(stmt))
 
-    PostgreSQL allows no FOR UPDATE over a UNION, so each class's range is a CTE that locks its own
-    rows; the outer SELECT (which `leases.claim` locks too) only picks among rows we already hold.
+
+def due_ranges(now: datetime, n: int, tenant_ids: Iterable[int]) -> sa.CompoundSelect[Any]:
+    """The first `n` due, unleased jobs of each tenant in each class (an index range each, earliest
+    due first, rows another replica is claiming skipped), as (id, tenant_id, poll_class, claim_at).
+
+    PostgreSQL allows no FOR UPDATE over a UNION, so each range is a CTE that locks its own rows.
     """
     ranges = [
-        sa.select(col(Job.id), sa.func.coalesce(col(Job.claim_at), col(Job.next_poll_at)).label("claim_at"))
+        sa.select(
+            col(Job.id),
+            col(Job.tenant_id),
+            col(Job.poll_class),
+            sa.func.coalesce(col(Job.claim_at), col(Job.next_poll_at)).label("claim_at"),
+        )
         .where(
+            col(Job.tenant_id) == tenant,
             col(Job.poll_class) == sa.literal_column(str(int(klass))),  # as the partial index says it
             col(Job.next_poll_at) <= now,
+            col(Job.leads),  # a follower is polled by its leader (store/subscriptions.py)
             leases.lease_free(Job, now),
         )
         .order_by(col(Job.next_poll_at))
         .limit(n)
         .with_for_update(skip_locked=True)
-        .cte(f"due_class_{int(klass)}")
+        .cte(f"due_{tenant}_{int(klass)}")
+        for tenant in tenant_ids
         for klass in PollClass
     ]
-    merged = sa.union_all(*(sa.select(r.c.id, r.c.claim_at) for r in ranges)).subquery("due")
-    first = sa.select(merged.c.id).order_by(merged.c.claim_at, merged.c.id).limit(n)
-    return sa.select(col(Job.id)).where(col(Job.id).in_(first))
+    return sa.union_all(*(sa.select(r) for r in ranges))
+
+
+async def by_priority(
+    session: AsyncSession, now: datetime, n: int, tenant_ids: list[int], turns: Turns
+) -> sa.Select[Any]:
+    """The ids of the first `n` due jobs in claim order: each tenant's first n of each class
+    (`due_ranges`, locked on PostgreSQL until the claim commits), put in order by `turns`."""
+    rows = await session.execute(due_ranges(now, n, tenant_ids))
+    due = [DueJob(r.id, r.tenant_id, r.poll_class, r.claim_at) for r in rows]
+    return sa.select(col(Job.id)).where(col(Job.id).in_(turns.order(due, n)))
 
 
 async def next_due_at(db: Database, now: datetime) -> datetime | None:
@@ -110,9 +159,3 @@ async def next_due_at(db: Database, now: datetime) -> datetime | None:
 async def release(db: Database, items: Iterable[ClaimedJob]) -> None:
     async with db.write() as session:
         await leases.release(session, Job, [(i.id, i.token) for i in items])
-
-
-async def lock_jobs(session: AsyncSession, ids: Iterable[int]) -> dict[int, Job]:
-    """Load and lock job rows for a poll batch, in id order, as every writer that locks several does."""
-    stmt = sa.select(Job).where(col(Job.id).in_(sorted(ids))).order_by(col(Job.id)).with_for_update()
-    return {job.id: job for job in await session.scalars(stmt) if job.id is not None}

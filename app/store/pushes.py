@@ -32,8 +32,8 @@ STRENGTH = [PushEffect.UNKNOWN, PushEffect.FINISHED, PushEffect.COUNTED, PushEff
 async def note_push(
     db: Database, video_model_id: str, *, ending: bool, now: datetime, min_interval: float
 ) -> PushEffect:
-    """Apply the push to every tenant's job with this id (each is polled on its own for now); the
-    effect is the strongest of theirs."""
+    """Apply the push to every tenant's subscription to this id: each counts it, the one that leads
+    may be made due (the others get its poll's answer). The effect is the strongest of theirs."""
     async with db.write(urgent=True) as session:  # Akool waits for our answer
         jobs = await session.scalars(
             sa.select(Job)
@@ -50,6 +50,8 @@ def _note(job: Job, *, ending: bool, now: datetime, min_interval: float) -> Push
         return PushEffect.FINISHED
     job.push_count += 1
     job.last_pushed_at = now
+    if not job.leads:
+        return PushEffect.COUNTED  # its leader's poll is the one made due (store/subscriptions.py)
     if ending and not job.ending_push_seen:
         job.ending_push_seen = True
     elif job.push_due_at is not None and now - job.push_due_at < timedelta(seconds=min_interval):

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.models import Attempt, Event, Job, Transition
+from app.models import AkoolRequests, Attempt, Event, Job, Transition
 
 
 @dataclass(frozen=True)
@@ -119,4 +119,13 @@ async def delete_batch(session: AsyncSession, *, after: int, cutoff: datetime, s
 
 async def _delete(session: AsyncSession, stmt: sa.Delete) -> int:
     result: Any = await session.execute(stmt, execution_options={"synchronize_session": False})
+    return int(result.rowcount)
+
+
+async def delete_old_request_counts(session: AsyncSession, *, older_than: datetime) -> int:
+    """The Akool requests per minute (/stats) before `older_than`: a few rows a minute, one statement."""
+    result: Any = await session.execute(
+        sa.delete(AkoolRequests).where(col(AkoolRequests.minute) < older_than),
+        execution_options={"synchronize_session": False},
+    )
     return int(result.rowcount)

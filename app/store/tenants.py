@@ -33,6 +33,7 @@ from app.models import (
     TenantToken,
     utcnow,
 )
+from app.store import subscriptions
 from app.store.dialect import upsert
 
 MAX_SIGNING_SECRETS = 10  # SPEC §8: at most this many signatures per callback
@@ -200,7 +201,13 @@ async def set_disabled(db: Database, tenant_id: int, disabled: bool) -> Tenant:
         tenant = await session.get(Tenant, tenant_id, with_for_update=True)
         if tenant is None:
             raise TenantNotFound()
-        tenant.disabled = disabled
+        if tenant.disabled != disabled:
+            tenant.disabled = disabled
+            await session.flush()  # the lead moves by the tenant's new state
+            # Its jobs stop being polled: what it leads passes to other tenants' subscriptions; and
+            # back (store/subscriptions.py).
+            move = subscriptions.step_aside if disabled else subscriptions.relead
+            await move(session, tenant_id, utcnow())
     return tenant
 
 

@@ -2,7 +2,7 @@
 
 Today that is finished jobs past RELAY_RETENTION_DAYS (SPEC §6), with their transitions, events and
 attempts, the idempotency keys of POST /translations past 24 h, and revoked tokens and expired
-webhook secrets past a week. When it arrives, /stats data past a day is removed by this loop too.
+webhook secrets past a week, and the Akool requests per minute of /stats past a day.
 
 Each batch is its own transaction, taken as background work (`urgent=False`: on SQLite, a client's
 write or a poll result waiting for the one writer goes first), and the loop yields between batches.
@@ -31,6 +31,7 @@ INTERVAL = 60.0  # seconds between passes (SPEC §6: at least once a minute)
 BATCH_JOBS = 200
 IDEMPOTENCY_KEYS_KEPT = timedelta(hours=24)  # SPEC §6
 CREDENTIALS_KEPT = timedelta(days=7)  # revoked tokens, expired secrets (SPEC §6)
+STATS_KEPT = timedelta(days=1)  # /stats data: its window is at most 1,440 minutes (SPEC §6)
 
 
 class Housekeeper:
@@ -63,7 +64,10 @@ class Housekeeper:
             deleted += await self._jobs(now - timedelta(days=self.settings.retention_days))
         deleted += await self._idempotency_keys(now - IDEMPOTENCY_KEYS_KEPT)
         work = functools.partial(tenants.delete_expired_credentials, older_than=now - CREDENTIALS_KEPT)
-        return deleted + Deleted(credentials=await self.db.run(work, urgent=False))
+        deleted += Deleted(credentials=await self.db.run(work, urgent=False))
+        old_stats = functools.partial(retention.delete_old_request_counts, older_than=now - STATS_KEPT)
+        await self.db.run(old_stats, urgent=False)  # a few rows a minute: not worth reporting
+        return deleted
 
     async def _jobs(self, cutoff: datetime) -> Deleted:
         total = Deleted()

@@ -66,7 +66,9 @@ class Outbox:
         return await self.pump.run_once()
 
     async def claim(self, n: int) -> list[ClaimedEvent]:
-        return await events.claim_due(self.db, n, utcnow(), self.lease_seconds)
+        # A quarter of the slots stays free of bulk redeliveries, for live callbacks (claim_due says why).
+        keep_free = self.pump.capacity // 4
+        return await events.claim_due(self.db, n, utcnow(), self.lease_seconds, keep_free=keep_free)
 
     async def release(self, items: list[ClaimedEvent]) -> None:
         await events.release(self.db, items)

@@ -14,17 +14,20 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import scheduling
 from app.akool import PAUSING, AkoolClient, AnswerKind, PollResult
 from app.config import Settings
 from app.db import Database
 from app.logs import job_fields
 from app.metrics import Metrics
 from app.models import TERMINAL_STATUSES, Event, Job, JobStatus, utcnow
+from app.scheduling import Durations, Turns
 from app.states import Answered, Decision, Expired, JobView, NotFound, Observation, apply_decision, decide
-from app.store import events, polls
+from app.store import events, polls, subscriptions
 from app.store.events import Handoff
 from app.store.polls import ClaimedJob
 from app.worker.batch import BatchWriter
@@ -54,6 +57,12 @@ class PollOutcome:
     item: ClaimedJob
     observation: Observation | None
     result: PollResult | None
+
+
+def _view(job: Job) -> JobView:
+    return JobView(
+        JobStatus(job.status), job.progress, tuple(job.events), job.not_found_count, job.not_found_since
+    )
 
 
 class Poller:
@@ -87,6 +96,8 @@ class Poller:
         self.spare = False
         self._next_wake: asyncio.TimerHandle | None = None  # a claim when the next job falls due
         self._probe_after = 0.0  # monotonic time of the next probe while paused
+        self.turns = Turns()  # whose turn it is among tenants, kept from claim to claim
+        self.durations = Durations()  # how long finished jobs processed: places polls without an estimate
 
     async def tick(self) -> None:
         """The scheduler's entry: share what we learned, read what others learned, start due polls."""
@@ -120,7 +131,13 @@ class Poller:
             probe = True
         now = utcnow()
         claimed = await polls.claim_due(
-            self.db, n, now, self.settings.lease_seconds, expiring_only=self.health.paused, probe=probe
+            self.db,
+            n,
+            now,
+            self.settings.lease_seconds,
+            expiring_only=self.health.paused,
+            probe=probe,
+            turns=self.turns,
         )
         self.spare = len(claimed) < n
         if self.spare and not self.health.paused:
@@ -196,51 +213,64 @@ class Poller:
         The new events that may go out at once are leased here too and handed to the outbox after
         the commit (see store.events.lease_new).
         """
-        jobs = await polls.lock_jobs(session, (outcome.item.id for outcome in batch))
+        jobs, followers = await subscriptions.lock_for_poll(session, (outcome.item.id for outcome in batch))
         now = utcnow()
         created: list[tuple[Job, list[Event]]] = []
         changes: list[tuple[str, int, JobStatus, JobStatus]] = []
-        for outcome in batch:
-            job = jobs.get(outcome.item.id)
-            if job is None or job.lease_token != outcome.item.token or job.status in TERMINAL_STATUSES:
-                continue  # our lease was lost (or the client cancelled): someone else owns this row now
-            view = JobView(
-                JobStatus(job.status),
-                job.progress,
-                tuple(job.events),
-                job.not_found_count,
-                job.not_found_since,
-            )
+
+        def write(job: Job, observation: Observation | None, polled: bool, via: str, **kw: Any) -> None:
             decision = (
-                decide(view, outcome.observation, now, self.settings.not_found_grace)
-                if outcome.observation is not None
-                else Decision(status=view.status)
+                decide(_view(job), observation, now, self.settings.not_found_grace)
+                if observation is not None
+                else Decision(status=JobStatus(job.status))
             )
-            # A push that came while this poll was in flight still wants a poll of its own.
-            pushed = (
-                job.push_due and job.push_due_at is not None and job.push_due_at <= outcome.item.claimed_at
-            )
-            via = "clock" if isinstance(outcome.observation, Expired) else "push" if pushed else "poll"
+            started = scheduling.processing_start(job.progress_samples)
             new_events = apply_decision(
                 session,
                 job,
                 decision,
                 now,
                 self.settings,
-                polled=outcome.result is not None,
+                polled=polled,
                 via=via,
-                pushed_at=job.last_pushed_at if pushed else None,
                 spare=self.spare,
+                durations=self.durations.of(job.tenant_id),
+                **kw,
             )
-            if pushed:
-                job.push_due = False
-            elif job.push_due and job.next_poll_at is not None:
-                job.next_poll_at = job.claim_at = now
+            if started is not None and decision.status == JobStatus.COMPLETED and decision.transitions:
+                self.durations.add(job.tenant_id, now.timestamp() - started)
             changes.extend(
                 (job.video_model_id, job.tenant_id, old, new) for old, new, _ in decision.transitions
             )
             if new_events:
                 created.append((job, new_events))
+
+        for outcome in batch:
+            job = jobs.get(outcome.item.id)
+            if job is None or job.lease_token != outcome.item.token or job.status in TERMINAL_STATUSES:
+                continue  # our lease was lost (or the client cancelled): someone else owns this row now
+            # A push that came while this poll was in flight still wants a poll of its own.
+            pushed = (
+                job.push_due and job.push_due_at is not None and job.push_due_at <= outcome.item.claimed_at
+            )
+            clock = isinstance(outcome.observation, Expired)
+            via = "clock" if clock else "push" if pushed else "poll"
+            polled = outcome.result is not None
+            write(job, outcome.observation, polled, via, pushed_at=job.last_pushed_at if pushed else None)
+            if pushed:
+                job.push_due = False
+            elif job.push_due and job.next_poll_at is not None:
+                job.next_poll_at = job.claim_at = now
+            others = [f for f in followers.get(job.video_model_id, ()) if f.id not in jobs]
+            if polled:  # the same answer for every other tenant's subscription to the id
+                for follower in others:
+                    if follower.expires_at <= now:
+                        write(follower, Expired(), False, "clock")
+                    else:
+                        write(follower, outcome.observation, True, via)
+                    subscriptions.follow(follower, job)
+            if job.next_poll_at is None:
+                subscriptions.hand_over(job, others, now)
         handoff = await events.lease_new(
             session, created, room=self.outbox.free_slots(), lease_seconds=self.outbox.lease_seconds
         )

@@ -7,9 +7,12 @@ it accepts again. How fast we may ask (RELAY_AKOOL_RATE_LIMIT, slowed by 1005) i
 
 from __future__ import annotations
 
+from collections import Counter
+
 from app.akool import PAUSING, AnswerKind, PollResult
 from app.db import Database
 from app.models import UpstreamHealth, utcnow
+from app.store.stats import record_requests
 from app.store.upstream import read_health, write_health
 
 # Answers that show Akool accepted our request (whatever it said about the job).
@@ -33,7 +36,8 @@ class HealthTracker:
         return row
 
     async def record(self, results: list[PollResult], throttled: bool) -> None:
-        """Fold a batch of poll results into the shared row (one small write per batch, if any)."""
+        """Fold a batch of poll results into the shared row (one small write per batch, if any), and
+        count them by outcome in the minute's Akool requests (/stats, the summary's budget use)."""
         answered = [i for i, r in enumerate(results) if r.kind in ANSWERED]
         pausing = [i for i, r in enumerate(results) if r.kind in PAUSING]
         reason: str | None
@@ -49,6 +53,7 @@ class HealthTracker:
             return  # nothing new to share
         self.state, self.reason, self.paused = state, reason, state == "auth_failed"
         now = utcnow()
+        await record_requests(self._db, Counter(r.kind.value for r in results), now)
         values: dict[str, object] = {"state": state, "reason": reason, "updated_at": now}
         last_errors = None
         if answered:  # errors after the last good answer are the consecutive ones

@@ -4,7 +4,9 @@ tracks (the answers must be the same 404), pages and filters `GET /jobs`, replay
 every `/tenants…` route, and registers B's id as its own. B's jobs must never change nor show.
 
 The routes found today: GET, PATCH, DELETE /jobs/{video_model_id}; POST /jobs/{video_model_id}/redeliver.
-A new `{video_model_id}` route is tried here as soon as it exists: nothing is listed by hand.
+A new `{video_model_id}` route is tried here as soon as it exists: nothing is listed by hand. The
+routes across jobs (GET /deliveries, POST /deliveries/redeliver, GET /stats) must show and change A's
+events and counts alone; a new one fails the test until it is added there.
 """
 
 from __future__ import annotations
@@ -252,6 +254,36 @@ async def test_tenant_a_cannot_see_or_touch_tenant_bs_jobs(
             assert url_b not in seen and '"owner":"B"' not in seen
             assert not [w for w in b_hooks if w in seen], seen
         assert await jobs_of(r, tb, B_IDS) == before, "A's subscription changed B's"
+
+        # 5. The routes across jobs (/deliveries…, /stats), as A: A's events and counts alone.
+        across = [(m, p) for m, p in routes if p.startswith(("/deliveries", "/stats"))]
+        assert sorted(across) == [
+            ("GET", "/deliveries"),
+            ("GET", "/stats"),
+            ("POST", "/deliveries/redeliver"),
+        ]
+        a_now = await jobs_of(r, ta, A_IDS)
+        a_events = {d["webhook_id"]: d for j in a_now.values() for d in j["deliveries"]}
+        listed = (await call(r, ta, "GET", "/deliveries?limit=500")).json()["items"]
+        assert sorted(d["webhook_id"] for d in listed) == sorted(a_events)
+        assert not [w for w in b_hooks if w in str(listed)] and all("tenant" not in d for d in listed)
+        buckets = (await call(r, ta, "GET", "/stats?minutes=10")).json()["buckets"]
+        delivered = sum(1 for d in a_events.values() if d["state"] == "delivered")
+        assert sum(b["delivered"] for b in buckets) == delivered
+        finished = Counter(j["status"] for j in a_now.values() if j["finished_at"])
+        assert sum((Counter(b["finished"]) for b in buckets), Counter()) == finished
+        assert all("akool_requests" not in b for b in buckets)
+        for state in ("delivered", "dead", "pending"):
+            dry = await call(r, ta, "POST", "/deliveries/redeliver", {"state": state, "dry_run": True})
+            assert dry.json() == {"count": sum(1 for d in a_events.values() if d["state"] == state)}
+        refused = await call(r, ta, "POST", "/deliveries/redeliver", {"tenant": "tenant-b"})
+        assert refused.status_code == 422
+        sent = len(rec.accepted)
+        redone = await call(r, ta, "POST", "/deliveries/redeliver", {"state": "delivered"})
+        assert redone.status_code == 202 and redone.json() == {"count": delivered}
+        await deliver_all(r)
+        assert {c.webhook_id for c in rec.accepted[sent:]} <= set(a_events)
+        assert await jobs_of(r, tb, B_IDS) == before, "A's bulk redelivery changed B's jobs"
 
         # B's secret was not rotated: B's redelivered callback carries B's one secret's signature.
         assert (await call(r, tb, "POST", "/jobs/b-1/redeliver")).status_code == 202

@@ -63,7 +63,10 @@ SNAPSHOTS = {  # the 0006 columns whose values must survive, per table
     "akool_create": "key, request_hash, state, status_code, response, created_at",
 }
 INDEXES = {  # job's indexes that must be there after the upgrade: name → WHERE clause (None: none)
-    **{f"ix_job_next_poll_at_class_{k}": f"poll_class = {k} AND next_poll_at IS NOT NULL" for k in (0, 1, 2)},
+    **{
+        f"ix_job_tenant_next_poll_at_class_{k}": f"poll_class = {k} AND next_poll_at IS NOT NULL"
+        for k in (0, 1, 2)
+    },
     "ix_job_push_due_next_poll_at": "push_due = 1",  # PostgreSQL's: `push_due`
     "ix_job_unfinished_id": "next_poll_at IS NOT NULL",
     "ix_job_tenant_unfinished_id": "next_poll_at IS NOT NULL",
@@ -335,9 +338,12 @@ def test_upgrade_keeps_rows_counts_indexes_and_triggers(empty_url: str) -> None:
     )
 
     # Back to 0006: refused while tenant 2 has jobs (two rows would share a video_model_id), then done.
+    # (First to 0007: SQLite runs each downgrade's DDL as it comes, so a refusal in 0007 would
+    # otherwise leave the later ones undone.)
+    downgrade_to(url, "0007")
     with pytest.raises(RuntimeError, match="tenants other than `default`"):
         downgrade_to(url, "0006")
-    assert _rows(url, "SELECT version_num FROM alembic_version") == [(head,)]
+    assert _rows(url, "SELECT version_num FROM alembic_version") == [("0007",)]
     assert _rows(url, "SELECT count(*) FROM job WHERE tenant_id = 2") == [(1,)]
 
     def drop_tenant_2_jobs(conn: Connection) -> None:

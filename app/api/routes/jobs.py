@@ -14,7 +14,18 @@ from app.api.deps import Authorized, Caller, CallerDep, RuntimeDep, ScopeDep, na
 from app.errors import CallbackConflict, field_error
 from app.models import DEFAULT_TENANT_ID, JobStatus
 from app.netguard import UnsafeCallbackURL, check_callback_url
-from app.schemas import BatchItem, BatchResult, JobBatch, JobCreate, JobDetail, JobPublic, JobsPage, JobUpdate
+from app.schemas import (
+    ID_PATTERN,
+    BatchItem,
+    BatchResult,
+    JobBatch,
+    JobCreate,
+    JobDetail,
+    JobPublic,
+    JobsPage,
+    JobUpdate,
+    UTCTime,
+)
 from app.store import jobs as jobstore
 from app.store.jobs import Registered
 
@@ -122,6 +133,12 @@ async def list_jobs(
     status: Annotated[list[JobStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=64, pattern=ID_PATTERN, description="a video_model_id or its prefix"),
+    ] = None,
+    since: Annotated[UTCTime | None, Query(description="registered at or after")] = None,
+    until: Annotated[UTCTime | None, Query(description="registered before")] = None,
 ) -> JobsPage:
     before = None
     if cursor is not None:
@@ -129,7 +146,8 @@ async def list_jobs(
             before = runtime.cursors.open(caller.cursor_scope, cursor)
         except ValueError as exc:
             raise field_error("cursor", str(exc), cursor, where="query") from None
-    page, next_before = await jobstore.page(runtime.db, scope, status or [], limit, before)
+    found = jobstore.JobFilter(statuses=status or [], q=q, since=since, until=until)
+    page, next_before = await jobstore.page(runtime.db, scope, found, limit, before, rate=runtime.budget.rate)
     if next_before is not None:
         page.next_cursor = runtime.cursors.seal(caller.cursor_scope, next_before)
     return page
