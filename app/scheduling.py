@@ -28,14 +28,6 @@ processing time; an early end is then seen at once. Without an estimate, the bac
 for that found the job unfinished, brings the next poll to MIN; a progress change alone does not (it
 is what the estimate is made of). Either way the wait is clamped into [MIN, MAX], jitter included.
 
-**What finished jobs took** (`Durations`, `wait_from_durations`). A processing job whose progress says
-nothing at all (absent or 0) has no estimate, but the jobs of the same kind that finished before it
-do: how long they processed. The tenant stands for the kind (one client app sends one kind of work).
-When the budget is short and enough of them processed longer than this job has so far, the next poll
-goes at the first quarter of what they took (`PRIOR_QUANTILE` of the durations longer than the job's
-age), instead of backing off from MIN: polls in the first seconds of a 30 s job find nothing, and
-each later poll has about the same chance of finding the end. Without enough of them: the backoff.
-
 **Priority** (`poll_class`, `claim_at`). When due polls outnumber the budget, a claim takes first the
 jobs Akool pushed about (their own batch), then by `claim_at` = `next_poll_at` + class × MAX:
 class 0 (`FINISH_PASSED`): the poll is placed at or after the expected finish — when it is due, the
@@ -54,7 +46,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -70,10 +61,6 @@ MIN_RISE = 10  # progress points the kept samples must rise by, first to last (m
 MAX_BACK_SHARE = 0.5  # steps back may add up to this share of the net rise (noise), no more
 LOOKAHEAD = 0.5  # with budget to spare: the next poll at this share of the remaining time
 LOOKAHEAD_SHARE = 0.2  # … and every MIN within this share of the estimated processing time
-DURATIONS_KEPT = 200  # processing times of finished jobs kept per tenant
-PRIOR_MIN = 10  # finished jobs needed before their processing times place a poll
-PRIOR_TAIL = 5  # … of which this many must have processed longer than the job so far
-PRIOR_QUANTILE = 0.25  # the next poll at this quantile of those longer processing times
 
 Sample = Sequence[float]  # [Unix seconds, progress 0..100], as kept in the job's JSON column
 
@@ -120,41 +107,6 @@ def predict_finish(samples: Sequence[Sample] | None) -> float | None:
     return max(times[-1], t_mean + (100.0 - p_mean) / slope)
 
 
-def processing_start(samples: Sequence[Sample] | None) -> float | None:
-    """When processing started, if the samples begin with the anchor of `start_of_processing`
-    (progress 0); None when the job was first seen already processing (its start is unknown)."""
-    if not samples or float(samples[0][1]) != 0.0:
-        return None
-    return float(samples[0][0])
-
-
-class Durations:
-    """How long recently finished jobs processed, per tenant (seconds; the newest DURATIONS_KEPT).
-    Kept in memory by each replica's poller: a hint, learned again after a restart."""
-
-    def __init__(self) -> None:
-        self._by_tenant: dict[int, deque[float]] = {}
-
-    def add(self, tenant_id: int, seconds: float) -> None:
-        if seconds > 0:
-            self._by_tenant.setdefault(tenant_id, deque(maxlen=DURATIONS_KEPT)).append(seconds)
-
-    def of(self, tenant_id: int) -> Sequence[float]:
-        return self._by_tenant.get(tenant_id, ())
-
-
-def wait_from_durations(durations: Sequence[float], age: float) -> float | None:
-    """Seconds from now to the next poll of a job processing for `age` seconds: the PRIOR_QUANTILE
-    of the finished jobs' processing times longer than `age`, minus `age`. None when too few
-    finished jobs are known, or too few processed longer than this one has (it is unlike them)."""
-    if len(durations) < PRIOR_MIN:
-        return None
-    longer = sorted(d for d in durations if d > age)
-    if len(longer) < PRIOR_TAIL:
-        return None
-    return longer[int(PRIOR_QUANTILE * (len(longer) - 1))] - age
-
-
 @dataclass(frozen=True)
 class PollPlan:
     wait: float  # seconds from this poll to the next, within [minimum, maximum], jitter included
@@ -171,7 +123,6 @@ def plan_next_poll(
     maximum: float,
     spare: bool = False,
     estimated_from: float | None = None,
-    from_durations: float | None = None,
     rng: random.Random | None = None,
 ) -> PollPlan:
     """The wait before the next poll of an unfinished job.
@@ -179,13 +130,9 @@ def plan_next_poll(
     `now` and `expected_finish` in one time base (seconds); `interval`: the row's current backoff
     interval; `reset`: the status changed, or a push asked for this poll (next one at the minimum);
     `spare`: the budget has room (look ahead of the estimate); `estimated_from`: the time of the
-    oldest sample the estimate was made of; `from_durations`: the wait that what finished jobs took
-    suggests (`wait_from_durations`), for a job without an estimate when the budget is short.
+    oldest sample the estimate was made of.
     """
-    if from_durations is not None:  # the caller's choice over a reset (app/states.py)
-        planned = min(maximum, max(minimum, from_durations))
-        fraction = JITTER
-    elif reset:
+    if reset:
         planned = minimum
         fraction = JITTER
     elif expected_finish is not None and spare:

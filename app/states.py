@@ -8,7 +8,6 @@ The poller (`worker/poller.py`) and the API's cancel (`store/jobs.py`) are its t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -182,12 +181,10 @@ def _schedule(
     pushed: bool,
     previous_poll: datetime | None,
     spare: bool,
-    durations: Sequence[float],
 ) -> None:
     """Sample the progress, estimate the finish, place the next poll and give it its priority
     (app/scheduling.py). `previous_poll`: when the job was polled before this poll; `spare`: the
-    budget has room for polls ahead of the estimate; `durations`: how long finished jobs of the
-    same kind processed."""
+    budget has room for polls ahead of the estimate."""
     status = decision.status
     if status != JobStatus.PROCESSING:
         job.progress_samples = job.expected_finish_at = None
@@ -204,13 +201,6 @@ def _schedule(
     # An unanswered poll (a transient error) backs off: an estimate is no reason to retry sooner.
     expected = job.expected_finish_at if decision.answered else None
     samples = job.progress_samples
-    from_durations = None
-    start = scheduling.processing_start(samples)
-    # Progress says nothing at all (absent or 0), the budget is short and Akool did not push: what
-    # finished jobs took places the poll.
-    says_nothing = status == JobStatus.PROCESSING and not job.progress and decision.answered
-    if says_nothing and expected is None and start is not None and not (pushed or spare):
-        from_durations = scheduling.wait_from_durations(durations, now.timestamp() - start)
     plan = scheduling.plan_next_poll(
         now.timestamp(),
         None if expected is None else expected.timestamp(),
@@ -223,7 +213,6 @@ def _schedule(
         maximum=settings.poll_interval_max,
         spare=spare,
         estimated_from=float(samples[0][0]) if samples else None,
-        from_durations=from_durations,
     )
     job.poll_interval = plan.interval
     # Within [MIN, MAX] of this poll, jitter included (SPEC §5), and never later than the deadline,
@@ -251,14 +240,12 @@ def apply_decision(
     via: str,
     pushed_at: datetime | None = None,
     spare: bool = False,
-    durations: Sequence[float] = (),
 ) -> list[Event]:
     """Apply `decision` to `job` (loaded in `session`); returns the new outbox events, oldest first.
 
     `via`: what taught us (poll, push, clock, client), kept on each transition; `pushed_at`: the push
     a poll was made for (its events remember it, for the push → callback latency); `spare`: the
-    budget has room (the next poll may look ahead of the estimate); `durations`: how long finished
-    jobs of the same kind processed (app/scheduling.py)."""
+    budget has room (the next poll may look ahead of the estimate)."""
     assert job.id is not None, "the job row is loaded from the database"
     previous_poll = job.last_polled_at
     for key, value in decision.fields.items():
@@ -286,14 +273,7 @@ def apply_decision(
         job.progress_samples = job.expected_finish_at = None
     else:
         _schedule(
-            job,
-            decision,
-            now,
-            settings,
-            pushed=via == "push",
-            previous_poll=previous_poll,
-            spare=spare,
-            durations=durations,
+            job, decision, now, settings, pushed=via == "push", previous_poll=previous_poll, spare=spare
         )
     job.locked_until = None
     job.lease_token = None

@@ -18,14 +18,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import scheduling
 from app.akool import PAUSING, AkoolClient, AnswerKind, PollResult
 from app.config import Settings
 from app.db import Database
 from app.logs import job_fields
 from app.metrics import Metrics
 from app.models import TERMINAL_STATUSES, Event, Job, JobStatus, utcnow
-from app.scheduling import Durations, Turns
+from app.scheduling import Turns
 from app.states import Answered, Decision, Expired, JobView, NotFound, Observation, apply_decision, decide
 from app.store import events, polls, subscriptions
 from app.store.events import Handoff
@@ -97,7 +96,6 @@ class Poller:
         self._next_wake: asyncio.TimerHandle | None = None  # a claim when the next job falls due
         self._probe_after = 0.0  # monotonic time of the next probe while paused
         self.turns = Turns()  # whose turn it is among tenants, kept from claim to claim
-        self.durations = Durations()  # how long finished jobs processed: places polls without an estimate
 
     async def tick(self) -> None:
         """The scheduler's entry: share what we learned, read what others learned, start due polls."""
@@ -224,21 +222,9 @@ class Poller:
                 if observation is not None
                 else Decision(status=JobStatus(job.status))
             )
-            started = scheduling.processing_start(job.progress_samples)
             new_events = apply_decision(
-                session,
-                job,
-                decision,
-                now,
-                self.settings,
-                polled=polled,
-                via=via,
-                spare=self.spare,
-                durations=self.durations.of(job.tenant_id),
-                **kw,
+                session, job, decision, now, self.settings, polled=polled, via=via, spare=self.spare, **kw
             )
-            if started is not None and decision.status == JobStatus.COMPLETED and decision.transitions:
-                self.durations.add(job.tenant_id, now.timestamp() - started)
             changes.extend(
                 (job.video_model_id, job.tenant_id, old, new) for old, new, _ in decision.transitions
             )

@@ -15,10 +15,8 @@ import pytest
 
 from app.models import POLL_CLASSES, Job, JobStatus
 from app.scheduling import (
-    PRIOR_MIN,
     SAMPLES_KEPT,
     DueJob,
-    Durations,
     PollClass,
     Turns,
     add_sample,
@@ -27,7 +25,6 @@ from app.scheduling import (
     poll_class,
     predict_finish,
     start_of_processing,
-    wait_from_durations,
 )
 from app.states import Answered, JobView, apply_decision, decide
 from tests.support.env import relay_settings
@@ -360,15 +357,13 @@ def new_job(status: JobStatus = JobStatus.PENDING) -> Job:
     )
 
 
-def poll(
-    job: Job, at: datetime, video_status: int, progress: int | None = None, durations: Sequence[float] = ()
-) -> None:
+def poll(job: Job, at: datetime, video_status: int, progress: int | None = None) -> None:
     data: dict[str, Any] = {"video_status": video_status}
     if progress is not None:
         data["progress"] = progress
     view = JobView(JobStatus(job.status), job.progress, tuple(job.events))
     decision = decide(view, Answered(data), at, 60.0)
-    apply_decision(_Session(), job, decision, at, SETTINGS, polled=True, via="poll", durations=durations)  # type: ignore[arg-type]
+    apply_decision(_Session(), job, decision, at, SETTINGS, polled=True, via="poll")  # type: ignore[arg-type]
 
 
 def wait_of(job: Job) -> float:
@@ -427,52 +422,3 @@ def test_flat_or_absent_progress_backs_off_without_an_estimate() -> None:
         assert job.expected_finish_at is None
         assert intervals == pytest.approx([1.5, 2.25, 3.375, 5.0625, 7.59375, 11.390625])
         assert job.poll_class == PollClass.RUNNING
-
-
-# -- what finished jobs took --------------------------------------------------------------------------
-
-TOOK = [float(d) for d in range(14, 46)]  # finished jobs processed 14, 15, …, 45 s
-
-
-def test_the_next_poll_goes_at_the_first_quarter_of_what_longer_jobs_took() -> None:
-    assert wait_from_durations(TOOK, 0.5) == pytest.approx(21.0 - 0.5)  # the quarter of 14…45
-    assert wait_from_durations(TOOK, 30.0) == pytest.approx(34.0 - 30.0)  # … of 31…45
-    assert wait_from_durations(TOOK, 41.0) is None  # only four took longer: unlike them, back off
-    assert wait_from_durations(TOOK[: PRIOR_MIN - 1], 0.5) is None  # too few finished jobs yet
-
-
-def test_durations_are_kept_per_tenant_newest_first() -> None:
-    durations = Durations()
-    for d in TOOK:
-        durations.add(1, d)
-    durations.add(2, 5.0)
-    durations.add(2, -1.0)  # a clock step back is no duration
-    assert list(durations.of(1)) == TOOK and list(durations.of(2)) == [5.0] and durations.of(3) == ()
-
-
-def test_a_job_whose_progress_says_nothing_is_polled_where_finished_jobs_ended() -> None:
-    """Without finished jobs the backoff from MIN; with them, the first processing poll after the start
-    waits for the first quarter of their durations, and the later ones for the quarter of the rest."""
-    for took, first_wait in (((), MIN), (TOOK, 21.0 - 5.0)):
-        job = new_job()
-        poll(job, T0, 1, None, took)
-        poll(job, T0 + timedelta(seconds=10), 2, None, took)  # processing since t=5 s (the anchor)
-        assert job.expected_finish_at is None
-        assert wait_of(job) == pytest.approx(first_wait, rel=0.11)
-    # Polled at t=5+21 s and still processing: the quarter of the jobs longer than 21 s (22…45 s).
-    poll(job, T0 + timedelta(seconds=26), 2, 0, TOOK)
-    assert wait_of(job) == pytest.approx(27.0 - 21.0, rel=0.11)
-
-
-def test_what_finished_jobs_took_does_not_override_progress_or_a_push() -> None:
-    job = new_job()
-    poll(job, T0, 1, None, TOOK)
-    poll(job, T0 + timedelta(seconds=10), 2, 20, TOOK)  # progress says something: an estimate
-    assert job.expected_finish_at is not None
-    pushed = new_job()
-    poll(pushed, T0, 1, None, TOOK)
-    view = JobView(JobStatus(pushed.status), pushed.progress, tuple(pushed.events))
-    at = T0 + timedelta(seconds=10)
-    decision = decide(view, Answered({"video_status": 2}), at, 60.0)
-    apply_decision(_Session(), pushed, decision, at, SETTINGS, polled=True, via="push", durations=TOOK)  # type: ignore[arg-type]
-    assert wait_of(pushed) <= MIN * 1.1  # a push: the next poll at the minimum
