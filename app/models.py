@@ -264,7 +264,7 @@ class Event(SQLModel, table=True):
         # GET /deliveries of one tenant, by state, newest first.
         sa.Index("ix_event_tenant_id_state_id", "tenant_id", "state", "id"),
         # /stats' deliveries per minute and their latency, read from the index alone.
-        sa.Index("ix_event_delivered_at", "delivered_at", "tenant_id", "created_at"),
+        sa.Index("ix_event_delivered_at", "delivered_at", "tenant_id", "latency_ms"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -281,6 +281,7 @@ class Event(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    latency_ms: float | None = None  # created → delivered, set with delivered_at (GET /stats)
     locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_token: str | None = Field(default=None, max_length=32)
     pushed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # the push it follows from

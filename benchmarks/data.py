@@ -160,10 +160,10 @@ async def insert_jobs(
                 body = sa.literal('{"type":"job.completed"}')
                 at = col(Job.finished_at)
                 cols = ["webhook_id", "job_id", "type", "body", "state", "attempts", "created_at"]
-                cols.append("delivered_at")
+                cols += ["delivered_at", "latency_ms"]
                 picked = sa.select(
                     webhook_id, col(Job.id), sa.literal("job.completed"), body, sa.literal("delivered"),
-                    sa.literal(1), at, at,
+                    sa.literal(1), at, at, sa.literal(0.0),
                 ).where(col(Job.status) == "completed")  # fmt: skip
                 await session.execute(sa.insert(Event).from_select(cols, picked))
     finally:

@@ -34,6 +34,7 @@ class ClaimedEvent:
     callback_url: str
     video_model_id: str
     pushed_at: datetime | None = None  # the push this callback follows from
+    created_at: datetime | None = None  # when the change happened: its latency's start
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ async def lease_new(
                 job.callback_url,
                 job.video_model_id,
                 e.pushed_at,
+                e.created_at,
             )
         )
     return Handoff(claimed, waiting)
@@ -144,6 +146,7 @@ async def claim_due(
         Event.body,
         Event.attempts,
         Event.pushed_at,
+        Event.created_at,
     ]
     picked: list[tuple[str, sa.Row[Any]]] = []
     async with db.write() as session:
@@ -167,7 +170,16 @@ async def claim_due(
         }
     return [
         ClaimedEvent(
-            r.id, r.job_id, r.tenant_id, r.webhook_id, r.body, r.attempts, token, *jobs[r.job_id], r.pushed_at
+            r.id,
+            r.job_id,
+            r.tenant_id,
+            r.webhook_id,
+            r.body,
+            r.attempts,
+            token,
+            *jobs[r.job_id],
+            r.pushed_at,
+            r.created_at,
         )
         for token, r in picked
     ]
@@ -187,6 +199,7 @@ async def record_attempt(
     now: datetime,
 ) -> bool:
     """The attempt row, and the event's new state if we still hold its lease (returns whether)."""
+    latency_ms = None if item.created_at is None else round((now - item.created_at).total_seconds() * 1000, 3)
     # The job row first, as every writer locks: the same lock order everywhere.
     await session.execute(sa.select(col(Job.id)).where(col(Job.id) == item.job_id).with_for_update())
     updated = await session.execute(
@@ -197,6 +210,8 @@ async def record_attempt(
             attempts=item.attempts + 1,
             next_attempt_at=next_at,
             delivered_at=now if result.ok else None,
+            # /stats' latency, kept so that its percentiles read one number per row (store/stats.py).
+            latency_ms=latency_ms if result.ok else None,
             locked_until=None,
             lease_token=None,
         ),
