@@ -221,7 +221,7 @@ class Job(SQLModel, table=True):
     progress_samples: list[list[float]] | None = Field(default=None, sa_type=sa.JSON)
     expected_finish_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # The next poll's class (0 finish passed, 1 running, 2 queued) and its claim order key,
-    # next_poll_at + class × RELAY_POLL_INTERVAL_MAX (NULL when terminal, like next_poll_at).
+    # next_poll_at + class × RELAY_POLL_INTERVAL_MAX / 2 (NULL when terminal, like next_poll_at).
     poll_class: int = Field(
         default=1, nullable=False, sa_type=sa.SmallInteger, sa_column_kwargs={"server_default": "1"}
     )

@@ -29,12 +29,15 @@ for that found the job unfinished, brings the next poll to MIN; a progress chang
 is what the estimate is made of). Either way the wait is clamped into [MIN, MAX], jitter included.
 
 **Priority** (`poll_class`, `claim_at`). When due polls outnumber the budget, a claim takes first the
-jobs Akool pushed about (their own batch), then by `claim_at` = `next_poll_at` + class × MAX:
+jobs Akool pushed about (their own batch), then by `claim_at` = `next_poll_at` + class × MAX/2:
 class 0 (`FINISH_PASSED`): the poll is placed at or after the expected finish — when it is due, the
 expected finish has passed; class 1 (`RUNNING`): processing, the finish unknown or further away;
 class 2 (`QUEUED`): pending or queueing. So a running job waits behind finish-passed jobs that fell due
-up to MAX later, a queued one behind those up to 2 × MAX later, and no longer: priority grows with
-the time overdue and nothing is starved.
+up to MAX/2 later, a queued one behind those up to MAX later, and no longer: priority grows with the
+time overdue and nothing is starved. MAX/2 and not MAX between classes: with MAX, a job still seen
+queueing waited up to 2 × MAX behind running ones, long enough for a short job to end meanwhile;
+`python -m benchmarks --only detection --detection-full`, no-progress workload: 5.68–5.76 s mean
+with MAX, 4.93–5.20 s with MAX/2, the saturated one 2.24–2.32 s and 2.39–2.40 s.
 
 **Fair shares** (`Turns`, SPEC §8). After the pushed jobs, tenants take turns, the least served
 first, each turn going to the tenant's own first job by claim_at. So a tenant with 100,000 overdue
@@ -176,8 +179,8 @@ def poll_class(
 
 
 def claim_at(next_poll_at: datetime, klass: PollClass, maximum: float) -> datetime:
-    """The claim order key: due time + class × MAX (a later class waits at most that long)."""
-    return next_poll_at + timedelta(seconds=int(klass) * maximum)
+    """The claim order key: due time + class × MAX/2 (a later class waits at most that long)."""
+    return next_poll_at + timedelta(seconds=int(klass) * maximum / 2)
 
 
 @dataclass(frozen=True)

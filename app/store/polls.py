@@ -2,7 +2,7 @@
 locked by store/subscriptions.py).
 
 The claim's order (SPEC §5, app/scheduling.py): the jobs a push made due first (a partial index of a
-few rows), then by `claim_at` = next_poll_at + class × MAX over the classes finish passed, running,
+few rows), then by `claim_at` = next_poll_at + class × MAX/2 over the classes finish passed, running,
 queued, tenants taking turns (SPEC §8, `scheduling.Turns`). Each tenant's due
 jobs of a class are one index range (`ix_job_tenant_next_poll_at_class_N`, earliest due first, n rows
 at most), so a claim reads at most 3n rows per tenant with waiting jobs, however many are due; only

@@ -23,7 +23,7 @@ from sqlmodel import col
 from app.db import Database
 from app.models import DEFAULT_TENANT_ID, Job, utcnow
 from app.sandbox.simulator import ManualClock, Simulator
-from app.scheduling import PollClass
+from app.scheduling import PollClass, claim_at
 from app.schemas import JobCreate
 from app.store import polls, pushes
 from app.store.jobs import new_job_row
@@ -159,8 +159,19 @@ async def test_under_a_small_budget_pushed_then_finish_passed_then_running_then_
         assert {jobs[v].status for v in (queued, pushed)} == {"queueing"}
         assert {jobs[v].poll_class for v in (queued, pushed)} == {PollClass.QUEUED}
 
-    # Then far more is due than the budget lets out: one job per claim, all due, Akool pushed about one.
+    # Then far more is due than the budget lets out: one job per claim, all due at one moment (so no
+    # job is more overdue than another: that would move it up, see the aging test below), Akool
+    # pushed about one.
     async with start_relay(driven=True, RELAY_POLL_CONCURRENCY=1, **INTERVALS) as r:
+        moment = relay_clock()
+        async with r.relay.db.write() as session:
+            for job in (await rows_of(r.relay.db, vids)).values():
+                klass = PollClass(job.poll_class)
+                await session.execute(
+                    sa.update(Job)
+                    .where(col(Job.id) == job.id)
+                    .values(next_poll_at=moment, claim_at=claim_at(moment, klass, MAX))
+                )
         sim_clock.advance(30)
         effect = await pushes.note_push(r.relay.db, pushed, ending=True, now=relay_clock(), min_interval=MIN)
         assert effect == pushes.PushEffect.MADE_DUE

@@ -312,10 +312,10 @@ def test_poll_classes_and_their_claim_order_keys() -> None:
     # Placed within the jitter (±MIN/2) before the estimate: due when the finish has passed.
     assert poll_class(JobStatus.PROCESSING, due, due + timedelta(seconds=0.5), MIN) == PollClass.FINISH_PASSED
     assert claim_at(due, PollClass.FINISH_PASSED, MAX) == due
-    assert claim_at(due, PollClass.RUNNING, MAX) == due + timedelta(seconds=MAX)
-    assert claim_at(due, PollClass.QUEUED, MAX) == due + timedelta(seconds=2 * MAX)
-    # Aging: a queued job due 2 × MAX earlier goes before a finish-passed one due now.
-    assert claim_at(due - timedelta(seconds=2 * MAX + 1), PollClass.QUEUED, MAX) < claim_at(
+    assert claim_at(due, PollClass.RUNNING, MAX) == due + timedelta(seconds=MAX / 2)
+    assert claim_at(due, PollClass.QUEUED, MAX) == due + timedelta(seconds=MAX)
+    # Aging: a queued job due MAX earlier goes before a finish-passed one due now.
+    assert claim_at(due - timedelta(seconds=MAX + 1), PollClass.QUEUED, MAX) < claim_at(
         due, PollClass.FINISH_PASSED, MAX
     )
 
@@ -375,7 +375,7 @@ def test_a_job_row_through_its_life_samples_predicts_and_is_classed() -> None:
     job = new_job()
     poll(job, T0, 1, 0)
     assert job.poll_class == PollClass.QUEUED and job.expected_finish_at is None
-    assert job.claim_at == job.next_poll_at + timedelta(seconds=2 * MAX)  # type: ignore[operator]
+    assert job.claim_at == job.next_poll_at + timedelta(seconds=MAX)  # type: ignore[operator]
 
     at = T0 + timedelta(seconds=10)
     poll(job, at, 2, 0)  # a status change: back to the minimum, samples start afresh from the anchor
@@ -402,7 +402,7 @@ def test_a_job_row_through_its_life_samples_predicts_and_is_classed() -> None:
     assert job.claim_at is not None and job.next_poll_at is not None
     expected_class = PollClass.FINISH_PASSED if ahead <= MAX else PollClass.RUNNING
     assert job.poll_class == expected_class
-    assert job.claim_at == job.next_poll_at + timedelta(seconds=int(expected_class) * MAX)
+    assert job.claim_at == job.next_poll_at + timedelta(seconds=int(expected_class) * MAX / 2)
 
     poll(job, T0 + timedelta(seconds=111), 3, 100)
     assert job.next_poll_at is None and job.claim_at is None
