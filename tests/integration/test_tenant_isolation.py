@@ -293,3 +293,5 @@ async def test_tenant_a_cannot_see_or_touch_tenant_bs_jobs(
         [callback] = rec.accepted[sent:]
         Webhook(b["webhook_secret"]).verify(callback.raw, callback.headers)
         assert callback.headers["webhook-signature"].count("v1,") == 1
+        tried = sorted({*by_id, *by_tenant, *across})
+        print(f"\nroutes tried as another tenant ({len(tried)}): " + ", ".join(f"{m} {p}" for m, p in tried))
