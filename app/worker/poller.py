@@ -242,7 +242,8 @@ class Poller:
             clock = isinstance(outcome.observation, Expired)
             via = "clock" if clock else "push" if pushed else "poll"
             polled = outcome.result is not None
-            write(job, outcome.observation, polled, via, pushed_at=job.last_pushed_at if pushed else None)
+            pushed_at = job.last_pushed_at if pushed else None
+            write(job, outcome.observation, polled, via, pushed_at=pushed_at)
             if pushed:
                 job.push_due = False
             elif job.push_due and job.next_poll_at is not None:
@@ -253,10 +254,18 @@ class Poller:
                     if follower.expires_at <= now:
                         write(follower, Expired(), False, "clock")
                     else:
-                        write(follower, outcome.observation, True, via)
+                        write(follower, outcome.observation, True, via, pushed_at=pushed_at)
                     subscriptions.follow(follower, job)
-            if job.next_poll_at is None:
+            if job.leads and job.next_poll_at is None:  # it ended: the lead passes on
                 subscriptions.hand_over(job, others, now)
+        # Two subscriptions to one id that both lead (registered at one moment on two replicas) were
+        # both claimed: the oldest keeps the lead.
+        leading: dict[str, Job] = {}
+        for job in jobs.values():  # in id order
+            if job.leads and job.next_poll_at is not None:
+                keeper = leading.setdefault(job.video_model_id, job)
+                if keeper is not job:
+                    subscriptions.follow(job, keeper)
         handoff = await events.lease_new(
             session, created, room=self.outbox.free_slots(), lease_seconds=self.outbox.lease_seconds
         )

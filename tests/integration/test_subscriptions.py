@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlmodel import col
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from app.models import Job
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator
@@ -218,3 +221,38 @@ async def test_the_lead_passes_on_when_the_leading_subscription_stops(
         assert (await view(r, other, "shared-3"))["status"] == "completed"
         stopped = await r.client.get("/jobs/shared-3", params={"tenant": "leader"}, headers=AS_ADMIN)
         assert stopped.json()["status"] == ("cancelled" if how == "cancelled" else "processing")
+
+
+async def test_two_subscriptions_that_both_lead_are_healed_to_one_by_their_next_poll(
+    start_relay: RelayFactory, stepped_simulator: tuple[Simulator, str], sim_clock: ManualClock
+) -> None:
+    """Two replicas registering one new id at the same moment for two tenants both see no leader,
+    and both new subscriptions lead: the first polls of the id leave one leading (whether their
+    answers are written in one transaction or two)."""
+    sim, _ = stepped_simulator
+    sim.script("race-1", queue_seconds=0, process_seconds=600)
+    async with start_relay(driven=True, **ENV) as r:
+        first, second = await make_tenant(r, "first"), await make_tenant(r, "second")
+        await track(r, first, "race-1")
+        await track(r, second, "race-1")
+        async with r.relay.db.write() as session:  # what the race leaves: both lead, both due
+            await session.execute(
+                sa.update(Job).where(col(Job.video_model_id) == "race-1").values(leads=True)
+            )
+        sim_clock.advance(0.05)
+        assert await poll(r) == 2  # each polled once, in one batch
+        for _ in range(3):
+            sim_clock.advance(0.05)
+            before = len(requests_for(sim, "race-1"))
+            assert await poll(r) == 1
+            assert len(requests_for(sim, "race-1")) == before + 1
+        async with r.relay.db.read() as session:
+            leads = list(
+                await session.scalars(sa.select(col(Job.leads)).where(col(Job.video_model_id) == "race-1"))
+            )
+        assert sorted(leads) == [False, True]
+        assert (
+            (await view(r, second, "race-1"))["poll_count"]
+            == (await view(r, first, "race-1"))["poll_count"]
+            == 4
+        )
