@@ -12,8 +12,9 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 from app.main import create_app
 from app.migrate import upgrade_to_head
+from app.models import utcnow
 from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator, SimulatorConfig
@@ -107,6 +109,19 @@ async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
 def sim_clock() -> ManualClock:
     """The simulator's job clock: a job's lifecycle moves only on `sim_clock.advance(seconds)`."""
     return ManualClock()
+
+
+@pytest.fixture
+def relay_clock(sim_clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Callable[[], datetime]:
+    """The relay's clock for polls and registrations, moving with `sim_clock` (from the real now)."""
+    base = utcnow()
+
+    def now() -> datetime:
+        return base + timedelta(seconds=sim_clock.now)
+
+    for module in ("app.worker.poller", "app.store.jobs"):
+        monkeypatch.setattr(f"{module}.utcnow", now)
+    return now
 
 
 @pytest.fixture

@@ -37,16 +37,11 @@ from tests.support.relay import (
     poll,
     register,
 )
+from tests.support.tenants import ADMIN, AS_ADMIN, bearer, make_tenant
 
-ADMIN = "admin-token-for-console-tests-0123456789"
 DEFAULT_TOKEN = "default-token-for-console-tests-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 CONSOLE = Path(__file__).resolve().parents[2] / "app" / "console"
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
@@ -56,13 +51,6 @@ def expect(browser: Any) -> Any:
 
     expect.set_options(timeout=STEP_MS)
     return expect
-
-
-async def make_tenant(r: RunningRelay, name: str) -> dict[str, Any]:
-    made = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert made.status_code == 201, made.text
-    tenant: dict[str, Any] = made.json()
-    return tenant
 
 
 async def track(r: RunningRelay, token: str, vid: str, url: str = HOOK, **extra: Any) -> None:

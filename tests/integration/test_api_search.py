@@ -11,9 +11,8 @@ from typing import Any
 from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.relay import DUE_AT_ONCE, PAST_THE_END, RelayFactory, RunningRelay, deliver, poll, register
+from tests.support.tenants import ADMIN, AS_ADMIN
 
-ADMIN = "admin-token-for-search-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 IDS = ["unknown-abc-1", "unknown-abc-2", "unknown-abd-1", "unknown-ab", "unknown-b"]
 
 

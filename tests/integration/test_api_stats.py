@@ -18,15 +18,10 @@ from app.sandbox.receiver import Behaviour, Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.relay import DUE_AT_ONCE, PAST_THE_END, RelayFactory, RunningRelay, drain, poll
+from tests.support.tenants import ADMIN, AS_ADMIN, bearer, make_tenant
 
-ADMIN = "admin-token-for-stats-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 SETTINGS: dict[str, Any] = {**DUE_AT_ONCE, "RELAY_ADMIN_TOKENS": ADMIN, "RELAY_RETRY_SCHEDULE": "0.001"}
 FINISHED = ("cancelled", "completed", "expired", "failed")
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 def when(text: str) -> datetime:
@@ -39,13 +34,6 @@ def percentile_cont(values: list[float], p: float) -> float:
     low = int(k)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
-
-
-async def make_tenant(r: RunningRelay, name: str) -> str:
-    response = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert response.status_code == 201, response.text
-    token: str = response.json()["token"]
-    return token
 
 
 async def stats(r: RunningRelay, headers: dict[str, str], **params: Any) -> dict[str, Any]:
@@ -121,7 +109,7 @@ async def test_stats_buckets_add_up_to_the_rows_per_tenant(
         start_relay(driven=True, **SETTINGS) as r,
     ):
         started = datetime.now(UTC)
-        ta, tb = await make_tenant(r, "stats-a"), await make_tenant(r, "stats-b")
+        ta, tb = (await make_tenant(r, "stats-a"))["token"], (await make_tenant(r, "stats-b"))["token"]
         ok_url, bad_url = good.url(good_base), bad.url(bad_base)
         jobs = [
             (ta, "a-ok-1", ok_url, ["queueing", "completed"]),

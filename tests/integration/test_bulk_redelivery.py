@@ -34,22 +34,10 @@ from tests.support.relay import (
     poll,
     register,
 )
+from tests.support.tenants import ADMIN, AS_ADMIN, bearer, make_tenant
 
-ADMIN = "admin-token-for-bulk-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 SETTINGS: dict[str, Any] = {**DUE_AT_ONCE, "RELAY_ADMIN_TOKENS": ADMIN, "RELAY_RETRY_SCHEDULE": "0.001"}
 STEPS = ["queueing", "processing", "completed"]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-async def make_tenant(r: RunningRelay, name: str) -> str:
-    response = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert response.status_code == 201, response.text
-    token: str = response.json()["token"]
-    return token
 
 
 async def listed(r: RunningRelay, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
@@ -78,7 +66,7 @@ async def test_dead_callbacks_listed_and_sent_again_in_order_per_tenant(
 ) -> None:
     rec = Receiver(behaviour=Behaviour(status=500, body=b"down for maintenance"))
     async with serve_in_background(rec.app) as base, start_relay(driven=True, **SETTINGS) as r:
-        ta, tb = await make_tenant(r, "bulk-a"), await make_tenant(r, "bulk-b")
+        ta, tb = (await make_tenant(r, "bulk-a"))["token"], (await make_tenant(r, "bulk-b"))["token"]
         for token, vid in [(ta, "a-1"), (ta, "a-2"), (tb, "b-1")]:
             body = {"video_model_id": vid, "callback_url": rec.url(base, vid), "events": STEPS}
             assert (await r.client.post("/jobs", json=body, headers=bearer(token))).status_code == 201

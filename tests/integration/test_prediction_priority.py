@@ -36,19 +36,6 @@ INTERVALS = {"RELAY_POLL_INTERVAL_MIN": MIN, "RELAY_POLL_INTERVAL_MAX": MAX}
 Clock = Callable[[], datetime]
 
 
-@pytest.fixture
-def relay_clock(sim_clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """The relay's clock for polls and registrations, moving with `sim_clock` (from the real now)."""
-    base = utcnow()
-
-    def now() -> datetime:
-        return base + timedelta(seconds=sim_clock.now)
-
-    for module in ("app.worker.poller", "app.store.jobs"):
-        monkeypatch.setattr(f"{module}.utcnow", now)
-    return now
-
-
 async def rows_of(db: Database, vids: Iterable[str]) -> dict[str, Job]:
     async with db.read() as session:
         found = await session.scalars(sa.select(Job).where(col(Job.video_model_id).in_(list(vids))))

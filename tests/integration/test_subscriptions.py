@@ -31,22 +31,10 @@ from tests.support.relay import (
     poll,
     requests_for,
 )
+from tests.support.tenants import ADMIN, AS_ADMIN, bearer, make_tenant
 
-ADMIN = "admin-token-for-subscriptions-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 ENV = {"RELAY_ADMIN_TOKENS": ADMIN, "RELAY_RETRY_SCHEDULE": "0.001,0.001,0.001,0.001", **DUE_AT_ONCE}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-async def make_tenant(r: RunningRelay, name: str) -> dict[str, Any]:
-    response = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert response.status_code == 201, response.text
-    made: dict[str, Any] = response.json()
-    return made
 
 
 async def track(r: RunningRelay, tenant: dict[str, Any], vid: str, url: str = HOOK) -> dict[str, Any]:

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 
-import pytest
-
-from app.models import utcnow
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.relay import RelayFactory, RunningRelay
+from tests.support.tenants import ADMIN, AS_ADMIN, make_tenant
 
-ADMIN = "admin-token-for-fairness-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 MIN, MAX = 1.0, 5.0
 STEP = 0.1  # seconds of the manual clock per poll: a budget of 10 polls/s
 STEPS = 300  # 30 s of it
@@ -31,26 +27,6 @@ ENV = {
     "RELAY_POLL_CONCURRENCY": 1,
     "RELAY_AKOOL_RATE_LIMIT": 10_000,  # the steps are the budget; the wall clock is not
 }
-
-
-@pytest.fixture
-def relay_clock(sim_clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Callable[[], datetime]:
-    """The relay's clock for polls and registrations, moving with `sim_clock` (from the real now)."""
-    base = utcnow()
-
-    def now() -> datetime:
-        return base + timedelta(seconds=sim_clock.now)
-
-    for module in ("app.worker.poller", "app.store.jobs"):
-        monkeypatch.setattr(f"{module}.utcnow", now)
-    return now
-
-
-async def make_tenant(r: RunningRelay, name: str) -> dict[str, str]:
-    response = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert response.status_code == 201, response.text
-    made: dict[str, str] = response.json()
-    return made
 
 
 async def track_all(r: RunningRelay, sim: Simulator, token: str, vids: list[str]) -> None:

@@ -26,9 +26,8 @@ from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.relay import DUE_AT_ONCE, HOOK, PAST_THE_END, RelayFactory, RunningRelay, deliver, poll
+from tests.support.tenants import ADMIN, AS_ADMIN, bearer, make_tenant
 
-ADMIN = "admin-token-for-isolation-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
 NOBODY = "nobody-1"  # tracked by no tenant, ever
 SHARED = "shared-1"  # tracked by both
 A_IDS = ["a-1", SHARED, "a-2", "a-3"]
@@ -46,10 +45,6 @@ BODIES: dict[str, dict[str, Any]] = {
     "PATCH /tenants/{tenant_id}": {"disabled": True},
     "POST /tenants/{tenant_id}/webhook-secret/rotate": {"grace_seconds": 0},
 }
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 def route_table(r: RunningRelay) -> list[tuple[str, str]]:
@@ -83,13 +78,6 @@ async def call(
     r: RunningRelay, token: str, method: str, path: str, body: dict[str, Any] | None = None
 ) -> httpx.Response:
     return await r.client.request(method, path, json=body, headers=bearer(token))
-
-
-async def make_tenant(r: RunningRelay, name: str) -> dict[str, Any]:
-    response = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert response.status_code == 201, response.text
-    made: dict[str, Any] = response.json()
-    return made
 
 
 async def track(r: RunningRelay, token: str, vid: str, url: str, owner: str, **extra: Any) -> None:

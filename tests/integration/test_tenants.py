@@ -20,22 +20,9 @@ from app.sandbox.receiver import Receiver
 from app.sandbox.serving import serve_in_background
 from app.sandbox.simulator import ManualClock, Simulator
 from tests.support.relay import DUE_AT_ONCE, HOOK, PAST_THE_END, RelayFactory, RunningRelay, deliver, poll
+from tests.support.tenants import ADMIN, AS_ADMIN, bearer, make_tenant
 
-ADMIN = "admin-token-for-tests-0123456789"
 DEFAULT_TOKEN = "default-tenant-token-0123456789"
-AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-async def make_tenant(r: RunningRelay, name: str) -> dict[str, Any]:
-    response = await r.client.post("/tenants", json={"name": name}, headers=AS_ADMIN)
-    assert response.status_code == 201, response.text
-    made: dict[str, Any] = response.json()
-    assert set(made) == {"id", "name", "token", "token_id", "webhook_secret", "created_at"}
-    return made
 
 
 async def track(r: RunningRelay, token: str, vid: str, url: str = HOOK, **extra: Any) -> httpx.Response:
