@@ -139,3 +139,34 @@ export function isoToLocal(iso) {
 export function badge(value, kind = "status") {
   return h("span", { class: ["badge", `${kind}-${value}`], data: { [kind]: value ?? "" } }, value ?? "—");
 }
+
+/** The paging links of a cursor-paged list at `path` (a route), for the page `query` shows:
+ * "« first page" on a later page, "next page »" when `nextCursor` says there is one. `fixed`
+ * parameters (the list's own, e.g. its state) are set on both. */
+export function pager(path, query, nextCursor, fixed = {}) {
+  const nav = h("div", { class: "pager" });
+  const to = (cursor) => {
+    const params = new URLSearchParams(query);
+    for (const [key, value] of Object.entries(fixed)) params.set(key, value);
+    if (cursor) params.set("cursor", cursor);
+    else params.delete("cursor");
+    return `${path}${params.size ? `?${params}` : ""}`;
+  };
+  if (query.get("cursor")) nav.append(route(to(null), "« first page"));
+  if (nextCursor) nav.append(route(to(nextCursor), "next page »"));
+  return nav;
+}
+
+/** Runs `refresh` now and again `ms` after each run ends, while `shown()` says the view is on
+ * screen; returns what stops the next run. */
+export function every(ms, refresh, shown) {
+  let timer = null;
+  (async function loop() {
+    try {
+      await refresh();
+    } finally {
+      if (shown()) timer = setTimeout(loop, ms);
+    }
+  })();
+  return () => clearTimeout(timer);
+}

@@ -3,7 +3,7 @@
 // sends them, with the filter the count was made for.
 
 import { api } from "../api.js";
-import { badge, clear, h, isoToLocal, localToIso, relative, route, time, when } from "../dom.js";
+import { badge, clear, h, isoToLocal, localToIso, pager, relative, route, time, when } from "../dom.js";
 import { jobHref } from "./jobs.js";
 
 export const title = "Deliveries";
@@ -144,23 +144,12 @@ export function mount(root, ctx, query) {
       return;
     }
     if (!alive) return;
-    const pager = h("div", { class: "pager" });
-    if (query.get("cursor")) {
-      const first = new URLSearchParams(query);
-      first.delete("cursor");
-      pager.append(route(`/deliveries?${first}`, "« first page"));
-    }
-    if (page.next_cursor) {
-      const next = new URLSearchParams(query);
-      next.set("state", state);
-      next.set("cursor", page.next_cursor);
-      pager.append(route(`/deliveries?${next}`, "next page »"));
-    }
+    const links = pager("/deliveries", query, page.next_cursor, { state });
     const operator = page.items.some((d) => d.tenant !== undefined);
     clear(
       result,
       page.items.length ? table(page.items, operator) : h("p", { class: "empty-note" }, `No ${state} delivery matches these filters.`),
-      h("div", { class: "table-foot" }, h("span", { class: "muted" }, `${page.items.length} shown, newest first`), pager),
+      h("div", { class: "table-foot" }, h("span", { class: "muted" }, `${page.items.length} shown, newest first`), links),
     );
   }
 

@@ -2,7 +2,7 @@
 // its attempts; a button sends the latest event again. Refreshed every few seconds.
 
 import { ApiError, api } from "../api.js";
-import { badge, clear, h, link, ms, relative, route, time, when } from "../dom.js";
+import { badge, clear, every, h, link, ms, relative, route, time, when } from "../dom.js";
 import { progressBar } from "./jobs.js";
 import { REFRESH_MS } from "./overview.js";
 
@@ -121,7 +121,6 @@ export function mount(root, ctx, query, id) {
   root.append(head, h("div", { class: "actions" }, button, route("/jobs", "« all jobs")), notice, body);
 
   let alive = true;
-  let timer = null;
   let last = null;
   const path = `/jobs/${encodeURIComponent(id)}`;
 
@@ -173,16 +172,9 @@ export function mount(root, ctx, query, id) {
     await refresh();
   });
 
-  async function loop() {
-    try {
-      await refresh();
-    } finally {
-      if (alive) timer = setTimeout(loop, REFRESH_MS);
-    }
-  }
-  loop();
+  const stop = every(REFRESH_MS, refresh, () => alive);
   return () => {
     alive = false;
-    clearTimeout(timer);
+    stop();
   };
 }

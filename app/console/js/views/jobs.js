@@ -3,7 +3,7 @@
 // back button and a copied link both work.
 
 import { api } from "../api.js";
-import { age, badge, clear, h, isoToLocal, localToIso, relative, route, time } from "../dom.js";
+import { age, badge, clear, h, isoToLocal, localToIso, pager, relative, route, time } from "../dom.js";
 
 export const title = "Jobs";
 const STATUSES = ["pending", "queueing", "processing", "completed", "failed", "expired", "cancelled"];
@@ -100,24 +100,14 @@ export function mount(root, ctx, query) {
       return;
     }
     if (!alive) return;
-    const pager = h("div", { class: "pager" });
-    if (query.get("cursor")) {
-      const first = new URLSearchParams(query);
-      first.delete("cursor");
-      pager.append(route(`/jobs${first.size ? `?${first}` : ""}`, "« first page"));
-    }
-    if (page.next_cursor) {
-      const next = new URLSearchParams(query);
-      next.set("cursor", page.next_cursor);
-      pager.append(route(`/jobs?${next}`, "next page »"));
-    }
+    const links = pager("/jobs", query, page.next_cursor);
     const operator = page.items.some((j) => j.tenant !== undefined);
     clear(
       result,
       page.items.length
         ? table(page.items, operator)
         : h("p", { class: "empty-note" }, "No job matches these filters."),
-      h("div", { class: "table-foot" }, h("span", { class: "muted" }, `${page.items.length} shown, newest first`), pager),
+      h("div", { class: "table-foot" }, h("span", { class: "muted" }, `${page.items.length} shown, newest first`), links),
     );
   })();
   return () => {

@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import { FINISHED, finishedChart, latencyChart, legend } from "../charts.js";
-import { badge, clear, duration, h, ms, relative, route, when } from "../dom.js";
+import { badge, clear, duration, every, h, ms, relative, route, when } from "../dom.js";
 
 export const REFRESH_MS = 3000;
 const JOB_STATUSES = ["pending", "queueing", "processing", "completed", "failed", "expired", "cancelled"];
@@ -106,7 +106,6 @@ export function mount(root, ctx) {
   const charts = h("div", { class: "charts" });
   root.append(h("div", { class: "view-head" }, h("h1", {}, "Overview"), updated), error, cards, charts);
 
-  let timer = null;
   let alive = true;
   let statsLoaded = false;
 
@@ -133,16 +132,9 @@ export function mount(root, ctx) {
     clear(updated, "updated ", when(new Date().toISOString()));
   }
 
-  async function loop() {
-    try {
-      await refresh();
-    } finally {
-      if (alive) timer = setTimeout(loop, REFRESH_MS);
-    }
-  }
-  loop();
+  const stop = every(REFRESH_MS, refresh, () => alive);
   return () => {
     alive = false;
-    clearTimeout(timer);
+    stop();
   };
 }
