@@ -52,10 +52,8 @@ async def lock_for_poll(
     stmt = (
         sa.select(Job)
         .where(
-            sa.or_(
-                col(Job.id).in_(claimed_ids),
-                sa.and_(col(Job.video_model_id).in_(vids), waiting(), enabled()),
-            )
+            col(Job.video_model_id).in_(vids),  # ix_job_video_model_id: the claimed ids' rows alone
+            sa.or_(col(Job.id).in_(claimed_ids), sa.and_(waiting(), enabled())),
         )
         .order_by(col(Job.id))
         .with_for_update()
