@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -85,11 +85,28 @@ class JobBatch(BaseModel):
     jobs: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 
 
-class JobPublic(BaseModel):
+class OperatorViewed(BaseModel):
+    """A shape with fields only operators see (`OPERATOR_ONLY`): left out of the JSON when unset,
+    so a tenant's view has no trace of them."""
+
+    OPERATOR_ONLY: ClassVar[tuple[str, ...]] = ()
+
+    # No return annotation on purpose: pydantic would take it as the JSON schema (a bare object).
+    @model_serializer(mode="wrap")
+    def _operator_only_when_set(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        for key in self.OPERATOR_ONLY:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class JobPublic(OperatorViewed):
     """A job as clients see it. Read from a `Job` row or from the dict a new row is inserted from
     (`JobPublic.model_validate(...)`); what a new row lacks is None."""
 
     model_config = ConfigDict(from_attributes=True)
+    OPERATOR_ONLY = ("tenant",)
 
     video_model_id: str
     status: str
@@ -113,14 +130,6 @@ class JobPublic(BaseModel):
     last_pushed_at: datetime | None = None
     expected_finish_at: datetime | None = None  # the relay's estimate (app/scheduling.py); null without
     tenant: str | None = Field(default=None, description="the owner's name; in operators' views only")
-
-    # No return annotation on purpose: pydantic would take it as the JSON schema (a bare object).
-    @model_serializer(mode="wrap")
-    def _tenant_in_operator_views_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        data = handler(self)
-        if data.get("tenant") is None:
-            del data["tenant"]
-        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -200,8 +209,10 @@ class JobsPage(BaseModel):
     next_cursor: str | None
 
 
-class DeliveryItem(BaseModel):
+class DeliveryItem(OperatorViewed):
     """An event as GET /deliveries lists it."""
+
+    OPERATOR_ONLY = ("tenant",)
 
     webhook_id: str
     video_model_id: str
@@ -213,13 +224,6 @@ class DeliveryItem(BaseModel):
     next_attempt_at: datetime | None
     last_attempt: AttemptPublic | None
     tenant: str | None = Field(default=None, description="the owner's name; in operators' views only")
-
-    @model_serializer(mode="wrap")
-    def _tenant_in_operator_views_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        data = handler(self)
-        if data.get("tenant") is None:
-            del data["tenant"]
-        return data
 
 
 class DeliveriesPage(BaseModel):
@@ -252,7 +256,9 @@ class RedeliveryCount(BaseModel):
     count: int
 
 
-class StatsBucket(BaseModel):
+class StatsBucket(OperatorViewed):
+    OPERATOR_ONLY = ("akool_requests",)
+
     at: datetime  # the minute's start
     finished: dict[str, int]  # jobs whose finished_at falls in the minute, by status
     delivered: int  # events delivered in the minute
@@ -262,13 +268,6 @@ class StatsBucket(BaseModel):
     akool_requests: dict[str, int] | None = Field(
         default=None, description="Akool requests by outcome; in operators' views only"
     )
-
-    @model_serializer(mode="wrap")
-    def _requests_in_operator_views_only(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
-        data = handler(self)
-        if data.get("akool_requests") is None:
-            del data["akool_requests"]
-        return data
 
 
 class Stats(BaseModel):

@@ -111,4 +111,15 @@ async def named_tenant(runtime: Runtime, caller: Caller, name: str, *, where: st
     return found.id
 
 
+def opened_cursor(runtime: Runtime, bound: str, cursor: str | None) -> int | None:
+    """The row id a list's `cursor` pages on from (None without one); 422 for a cursor that was not
+    sealed for `bound` (this list, this caller) or was altered."""
+    if cursor is None:
+        return None
+    try:
+        return runtime.cursors.open(bound, cursor)
+    except ValueError as exc:
+        raise field_error("cursor", str(exc), cursor, where="query") from None
+
+
 ScopeDep = Annotated[Scope, Depends(tenant_scope)]

@@ -8,9 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Authorized, CallerDep, RuntimeDep, ScopeDep, named_tenant
+from app.api.deps import Authorized, CallerDep, RuntimeDep, ScopeDep, named_tenant, opened_cursor
 from app.api.routes.jobs import _errors
-from app.errors import field_error
 from app.models import EventState
 from app.schemas import BulkRedelivery, DeliveriesPage, RedeliveryCount, UTCTime
 from app.store import deliveries
@@ -35,12 +34,7 @@ async def list_deliveries(
 ) -> DeliveriesPage:
     # Bound to the caller and to this list: a cursor of GET /jobs (a job's row id) is refused here.
     bound = f"deliveries/{caller.cursor_scope}"
-    before = None
-    if cursor is not None:
-        try:
-            before = runtime.cursors.open(bound, cursor)
-        except ValueError as exc:
-            raise field_error("cursor", str(exc), cursor, where="query") from None
+    before = opened_cursor(runtime, bound, cursor)
     found = DeliveryFilter(states=state or [], since=since, until=until)
     page, next_before = await deliveries.page(runtime.db, scope, found, limit, before)
     if next_before is not None:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from app.api.deps import Authorized, Caller, CallerDep, RuntimeDep, ScopeDep, named_tenant
+from app.api.deps import Authorized, Caller, CallerDep, RuntimeDep, ScopeDep, named_tenant, opened_cursor
 from app.errors import CallbackConflict, field_error
 from app.models import DEFAULT_TENANT_ID, JobStatus
 from app.netguard import UnsafeCallbackURL, check_callback_url
@@ -140,12 +140,7 @@ async def list_jobs(
     since: Annotated[UTCTime | None, Query(description="registered at or after")] = None,
     until: Annotated[UTCTime | None, Query(description="registered before")] = None,
 ) -> JobsPage:
-    before = None
-    if cursor is not None:
-        try:
-            before = runtime.cursors.open(caller.cursor_scope, cursor)
-        except ValueError as exc:
-            raise field_error("cursor", str(exc), cursor, where="query") from None
+    before = opened_cursor(runtime, caller.cursor_scope, cursor)
     found = jobstore.JobFilter(statuses=status or [], q=q, since=since, until=until)
     page, next_before = await jobstore.page(runtime.db, scope, found, limit, before, rate=runtime.budget.rate)
     if next_before is not None:
