@@ -113,23 +113,6 @@ async def lock_with_followers(session: AsyncSession, job: Job) -> tuple[Job, lis
     return next(j for j in locked if j.id == job.id), [j for j in locked if j.id != job.id]
 
 
-async def followers_of(session: AsyncSession, leader: Job) -> list[Job]:
-    """The enabled, unfinished subscriptions to `leader`'s id besides it, locked in id order."""
-    return list(
-        await session.scalars(
-            sa.select(Job)
-            .where(
-                col(Job.video_model_id) == leader.video_model_id,
-                col(Job.id) != leader.id,
-                waiting(),
-                enabled(),
-            )
-            .order_by(col(Job.id))
-            .with_for_update()
-        )
-    )
-
-
 async def join(session: AsyncSession, tenant_id: int, vids: Sequence[str], now: datetime) -> None:
     """The tenant's new subscriptions to `vids` (just inserted, leading by default): where another
     enabled tenant's subscription leads an id, follow it, and make the leader due at once."""
@@ -162,15 +145,25 @@ async def join(session: AsyncSession, tenant_id: int, vids: Sequence[str], now: 
 
 
 async def step_aside(session: AsyncSession, tenant_id: int, now: datetime) -> None:
-    """The tenant is disabled: each id one of its subscriptions leads passes to a follower."""
-    leading = await session.scalars(
+    """The tenant is disabled (and flushed so): each id one of its subscriptions leads and another
+    enabled tenant's follows passes to a follower. Two statements, however many jobs it has."""
+    mine = [col(Job.tenant_id) == tenant_id, col(Job.leads), waiting()]
+    led = sa.select(col(Job.video_model_id)).where(*mine)
+    followed = sa.select(col(Job.video_model_id)).where(
+        col(Job.video_model_id).in_(led), col(Job.tenant_id) != tenant_id, waiting(), enabled()
+    )
+    rows = await session.scalars(
         sa.select(Job)
-        .where(col(Job.tenant_id) == tenant_id, col(Job.leads), waiting())
-        .order_by(col(Job.id))
+        .where(col(Job.video_model_id).in_(followed), sa.or_(sa.and_(*mine), sa.and_(waiting(), enabled())))
+        .order_by(col(Job.id))  # the lock order of every writer that locks several jobs
         .with_for_update()
     )
-    for leader in list(leading):
-        hand_over(leader, await followers_of(session, leader), now)
+    by_id: dict[str, list[Job]] = {}
+    for job in rows:
+        by_id.setdefault(job.video_model_id, []).append(job)
+    for subscribed in by_id.values():
+        leader = next(j for j in subscribed if j.tenant_id == tenant_id)
+        hand_over(leader, [j for j in subscribed if j is not leader], now)
 
 
 async def relead(session: AsyncSession, tenant_id: int, now: datetime) -> None:
